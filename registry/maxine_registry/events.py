@@ -1,0 +1,82 @@
+"""
+The in-process event bus: every change the registry makes becomes one ``Event``.
+
+Publishing appends to a bounded history ring (served at ``/events``) and hands the event to each
+subscriber synchronously. Subscribers are sinks such as WebSocket fan-out or MQTT publishing; they
+must only enqueue, never block, because publishing happens inside registry writes. A subscriber
+that raises is logged and otherwise ignored: a broken sink never fails a registration.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HISTORY_SIZE = 1000
+
+SERVICE_REGISTERED = "service_registered"
+SERVICE_DEREGISTERED = "service_deregistered"
+SERVICE_HEARTBEAT = "service_heartbeat"
+SERVICE_UNHEALTHY = "service_unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    event: str
+    data: dict[str, Any]
+    timestamp: int  # milliseconds since the epoch
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "data": self.data, "timestamp": self.timestamp, "seq": self.seq}
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self, *, history_size: int = DEFAULT_HISTORY_SIZE, wall: Callable[[], float] = time.time) -> None:
+        self._history: deque[Event] = deque(maxlen=history_size)
+        self._subscribers: list[Subscriber] = []
+        self._wall = wall
+        self._seq = 0
+        self.counts: Counter[str] = Counter()
+
+    def publish(self, event: str, data: dict[str, Any]) -> Event:
+        self._seq += 1
+        published = Event(seq=self._seq, event=event, data=data, timestamp=int(self._wall() * 1000))
+        self._history.append(published)
+        self.counts[event] += 1
+        for subscriber in self._subscribers:
+            try:
+                subscriber(published)
+            except Exception:
+                logger.exception("Event subscriber %r failed on %s; the event is kept in history.", subscriber, event)
+        return published
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add a sink; return the function that removes it again."""
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    @property
+    def published(self) -> int:
+        return self._seq
+
+    def history(self, *, since: int = 0, limit: int = 100) -> list[Event]:
+        """Events with a timestamp after ``since`` (milliseconds), oldest first, at most ``limit`` of them."""
+        events = list(self._history)
+        start = bisect.bisect_right(events, since, key=lambda event: event.timestamp)
+        return events[start : start + limit]

@@ -1,0 +1,160 @@
+"""
+The aiohttp application: routes, body limits, and errors rendered as JSON.
+
+Handlers are thin: read the body or query, call ``Operations``, write the reply. The one
+middleware counts requests and turns every failure into the registry's JSON error shape,
+including aiohttp's own (unknown route, wrong method, body too large), so no client ever
+receives an HTML error page or a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from maxine_registry.errors import InvalidInput, MaxineError, PayloadTooLarge
+from maxine_registry.operations import Operations, Reply, error_body
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+OPERATIONS_KEY = web.AppKey("operations", Operations)
+# The contract's second surface: the same operations under a prefix.
+SERVICEOPS_PREFIX = "/api/maxine/serviceops"
+
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "route_not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    431: "headers_too_large",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def respond(reply: Reply) -> web.Response:
+    return web.Response(body=reply.body, status=reply.status, content_type=JSON)
+
+
+def error_response(error: MaxineError) -> web.Response:
+    return web.Response(body=error_body(error), status=error.status, content_type=JSON)
+
+
+async def read_json(request: web.Request) -> object:
+    """The decoded body, or None when there is none; ``InvalidInput`` when it is not JSON."""
+    limit = request.app[OPERATIONS_KEY].settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is {request.content_length} bytes; the limit is {limit} bytes.")
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    stats = request.app[OPERATIONS_KEY].stats
+    stats.requests += 1
+    try:
+        return await handler(request)
+    except MaxineError as error:
+        stats.errors += 1
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        stats.errors += 1
+        if exc.status == 413:
+            limit = request.app[OPERATIONS_KEY].settings.max_body_bytes
+            message = f"The request body exceeds the limit of {limit} bytes."
+        else:
+            message = f"{exc.reason}: {request.method} {request.path}."
+        error = MaxineError(message, code=_HTTP_ERROR_CODES.get(exc.status, "http_error"))
+        error.status = exc.status
+        response = error_response(error)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        stats.errors += 1
+        logger.exception("Request %s %s failed unexpectedly.", request.method, request.path)
+        return error_response(MaxineError("The registry failed to handle this request; it is logged."))
+
+
+# Handlers: parse, call the core, render.
+
+
+async def register(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].register(body))
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].heartbeat(body, request.query))
+
+
+async def deregister(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].deregister(body, request.query))
+
+
+async def discover(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].discover(request.query, client_ip=request.remote))
+
+
+async def servers(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].servers())
+
+
+async def versions(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].versions(request.query))
+
+
+async def health(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].health())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].metrics())
+
+
+async def events(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].events(request.query))
+
+
+# Both surfaces of the contract serve these.
+SERVICE_ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/register", register),
+    ("GET", "/discover", discover),
+    ("POST", "/heartbeat", heartbeat),
+    ("PUT", "/heartbeat", heartbeat),
+    ("DELETE", "/deregister", deregister),
+    ("GET", "/servers", servers),
+    ("GET", "/versions", versions),
+]
+
+ROOT_ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/health", health),
+    ("GET", "/metrics", metrics),
+    ("GET", "/events", events),
+]
+
+
+def create_app(operations: Operations) -> web.Application:
+    app = web.Application(client_max_size=operations.settings.max_body_bytes, middlewares=[json_errors])
+    app[OPERATIONS_KEY] = operations
+    for method, path, handler in SERVICE_ROUTES:
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, SERVICEOPS_PREFIX + path, handler)
+    for method, path, handler in ROOT_ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,239 @@
+"""
+The registry's vocabulary: instances, their node ids and addresses, and the rules for valid names.
+
+An instance is one running copy of a service, identified by ``serviceName:host:port``. Hosts may be
+IPv6 literals, so the host and port are kept as separate fields, an address is printed with
+brackets (``[::1]:9000``), and a node id is parsed from the right: the service name never contains
+a colon, the port is after the last one, and everything between is the host.
+
+Memory matters here, since a registry may hold a few hundred thousand instances: metadata is kept
+as the compact JSON the client sent (parsed only when asked for), tag sets and versions are
+interned so that instances sharing them share one object, and the JSON a discover answers with is
+built on first use and cached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from maxine_registry.errors import InvalidInput
+
+MAX_SERVICE_NAME_LENGTH = 128
+MAX_HOST_LENGTH = 253
+MAX_VERSION_LENGTH = 64
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 64
+MIN_WEIGHT = 0.001
+MAX_WEIGHT = 1_000_000.0
+DEFAULT_VERSION = "default"
+
+_SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HOST_LABEL_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
+
+_interned_tag_sets: dict[frozenset[str], frozenset[str]] = {}
+NO_TAGS: frozenset[str] = frozenset()
+
+
+def validate_service_name(value: object, *, field: str = "serviceName") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{field} is required and must be a non-empty string, got {value!r}.")
+    if len(value) > MAX_SERVICE_NAME_LENGTH:
+        raise InvalidInput(f"{field} is longer than {MAX_SERVICE_NAME_LENGTH} characters.")
+    if not _SERVICE_NAME_RE.fullmatch(value):
+        raise InvalidInput(
+            f"{field} {value!r} is not valid: use letters, digits, '.', '_' and '-', starting with a letter or digit."
+        )
+    return sys.intern(value)
+
+
+def normalize_host(value: object) -> str:
+    """
+    Validate a host and return its canonical form.
+
+    IP literals are rewritten in their canonical text (``0:0::1`` and ``::1`` name the same node),
+    brackets around IPv6 are dropped, and DNS names are lowercased: a client that registers with
+    one spelling and heartbeats with another still names one instance.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"host is required and must be a non-empty string, got {value!r}.")
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if len(host) > MAX_HOST_LENGTH:
+        raise InvalidInput(f"host is longer than {MAX_HOST_LENGTH} characters.")
+
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+
+    name = host.lower().removesuffix(".")
+    labels = name.split(".")
+    if not name or any(len(label) > 63 or not _HOST_LABEL_RE.fullmatch(label) for label in labels):
+        raise InvalidInput(f"host {value!r} is neither an IP address nor a valid DNS name.")
+    return name
+
+
+def validate_port(value: object) -> int:
+    # bool is an int in Python; `true` is not a port.
+    if isinstance(value, bool):
+        raise InvalidInput(f"port must be an integer from 1 to 65535, got {value!r}.")
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidInput(f"port must be an integer from 1 to 65535, got {value!r}.")
+    return value
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def make_node_id(service_name: str, host: str, port: int) -> str:
+    return f"{service_name}:{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """A parsed node reference: the full ``service:host:port``, or the short ``host:port`` (service is None)."""
+
+    service_name: str | None
+    host: str
+    port: int
+
+    @property
+    def short(self) -> str:
+        return format_address(self.host, self.port)
+
+
+def parse_node_ref(value: object) -> NodeRef:
+    """
+    Parse a node id as clients send it.
+
+    ``svc:10.0.0.1:80``, ``svc:::1:80`` and ``svc:[::1]:80`` are full ids; ``10.0.0.1:80``,
+    ``[::1]:80`` and ``localhost:80`` are short ones.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"nodeId is required and must be a non-empty string, got {value!r}.")
+    if len(value) > MAX_SERVICE_NAME_LENGTH + MAX_HOST_LENGTH + 10:
+        raise InvalidInput("nodeId is too long.")
+
+    rest, sep, port_text = value.rpartition(":")
+    if not sep or not rest:
+        raise InvalidInput(f"nodeId {value!r} is not of the form serviceName:host:port or host:port.")
+    try:
+        port = validate_port(port_text)
+    except InvalidInput:
+        raise InvalidInput(f"nodeId {value!r} does not end with a valid port.") from None
+
+    if rest.startswith("["):
+        return NodeRef(service_name=None, host=normalize_host(rest), port=port)
+    service, sep, host = rest.partition(":")
+    if not sep:
+        return NodeRef(service_name=None, host=normalize_host(rest), port=port)
+    return NodeRef(service_name=validate_service_name(service, field="nodeId's service name"),
+                   host=normalize_host(host), port=port)
+
+
+def intern_tags(tags: Iterable[str]) -> frozenset[str]:
+    tag_set = frozenset(sys.intern(tag) for tag in tags)
+    if not tag_set:
+        return NO_TAGS
+    return _interned_tag_sets.setdefault(tag_set, tag_set)
+
+
+class Instance:
+    """
+    One registered copy of a service, with its lease.
+
+    ``expires_at`` is on the registry's monotonic clock; a heartbeat moves it and nothing else,
+    so renewing a lease is one assignment. ``healthy`` is what active health checks decide;
+    an instance whose lease ran out is removed instead.
+    """
+
+    __slots__ = (
+        "_payload",
+        "expires_at",
+        "healthy",
+        "host",
+        "metadata_json",
+        "node_id",
+        "port",
+        "registered_at",
+        "service_name",
+        "tags",
+        "ttl",
+        "version",
+        "weight",
+    )
+
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        host: str,
+        port: int,
+        metadata_json: bytes,
+        version: str | None,
+        tags: frozenset[str],
+        weight: float,
+        ttl: float,
+        expires_at: float,
+        registered_at: float,
+    ) -> None:
+        self.service_name = service_name
+        self.host = host
+        self.port = port
+        self.node_id = make_node_id(service_name, host, port)
+        self.metadata_json = metadata_json
+        self.version = version
+        self.tags = tags
+        self.weight = weight
+        self.ttl = ttl
+        self.expires_at = expires_at
+        self.registered_at = registered_at
+        self.healthy = True
+        self._payload: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Instance(node_id={self.node_id!r}, version={self.version!r}, healthy={self.healthy})"
+
+    @property
+    def address(self) -> str:
+        return format_address(self.host, self.port)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = orjson.loads(self.metadata_json)
+        return parsed
+
+    def view(self) -> dict[str, Any]:
+        """The instance as clients see it in discover answers and listings."""
+        return {
+            "serviceName": self.service_name,
+            "nodeId": self.node_id,
+            "host": self.host,
+            "port": self.port,
+            "address": self.address,
+            "version": self.version or DEFAULT_VERSION,
+            "tags": sorted(self.tags),
+            "weight": self.weight,
+            "metadata": self.metadata,
+            "healthy": self.healthy,
+        }
+
+    @property
+    def payload(self) -> bytes:
+        """``view()`` as JSON, cached until something in it changes."""
+        payload = self._payload
+        if payload is None:
+            payload = self._payload = orjson.dumps(self.view())
+        return payload
+
+    def invalidate(self) -> None:
+        self._payload = None

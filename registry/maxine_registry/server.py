@@ -1,0 +1,98 @@
+"""
+The server's lifecycle: build the registry, open the listener, run the lease sweeper, stop cleanly.
+
+``MaxineServer`` follows aiohttp's runner pattern: ``start()`` opens everything and ``stop()``
+closes everything it opened, in reverse. ``serve()`` adds signal handling for the command line:
+SIGTERM or SIGINT stops accepting connections, lets in-flight requests finish within the
+shutdown timeout, and returns so the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+
+from aiohttp import web
+
+from maxine_registry.events import EventBus
+from maxine_registry.http import create_app
+from maxine_registry.model import format_address
+from maxine_registry.operations import Operations
+from maxine_registry.registry import Registry
+from maxine_registry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 0.25
+
+
+class MaxineServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(
+            events=EventBus(history_size=settings.event_history),
+            default_ttl=settings.heartbeat_timeout,
+            max_instances=settings.max_instances,
+            heartbeat_events=settings.heartbeat_events,
+        )
+        self.operations = Operations(registry=self.registry, settings=settings)
+        self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        app = create_app(self.operations)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
+        await site.start()
+
+        # With port 0 the system picks one; report the one really bound.
+        server = site._server
+        sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="maxine-lease-sweeper")
+        logger.info(
+            "Maxine is listening on http://%s.",
+            format_address(self.settings.host, self.port),
+            extra={"settings": self.settings.public()},
+        )
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        logger.info("Maxine has stopped.", extra={"services": self.registry.service_count, "nodes": self.registry.node_count})
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                self.registry.expire_due()
+            except Exception:
+                # The sweeper must outlive a bug in one sweep, or leases would stop ending at all.
+                logger.exception("The lease sweeper failed; it will try again.")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    server = MaxineServer(settings)
+    await server.start()
+    try:
+        await stopping.wait()
+        logger.info("Shutting down: no new connections; in-flight requests get %ss.", settings.shutdown_timeout)
+    finally:
+        await server.stop()

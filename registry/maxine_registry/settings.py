@@ -1,0 +1,146 @@
+"""
+The server's settings, each with its default, its flag and its environment variable.
+
+``Settings`` is the single source of truth: the command-line parser, ``--help`` and the README's
+configuration table all come from the field list below. A flag beats its environment variable,
+which beats the default. A value that does not parse stops the server at start with a message
+naming the setting, rather than being ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def setting(default: Any, *, env: str, help: str, choices: Sequence[str] | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = setting("0.0.0.0", env="MAXINE_HOST", help="Address to listen on ('::' for every IPv6 and IPv4 address).")
+    port: int = setting(8080, env="PORT", help="HTTP port.")
+    heartbeat_timeout: float = setting(
+        30.0, env="HEARTBEAT_TIMEOUT", help="Default lease (seconds) of an instance that sends no ttl of its own."
+    )
+    log_format: str = setting("text", env="LOG_FORMAT", help="Log line format.", choices=("text", "json"))
+    log_level: str = setting(
+        "info", env="LOG_LEVEL", help="Lowest level logged.", choices=("debug", "info", "warning", "error")
+    )
+    max_body_bytes: int = setting(64 * 1024, env="MAX_BODY_BYTES", help="Largest request body accepted (413 above).")
+    max_metadata_bytes: int = setting(
+        16 * 1024, env="MAX_METADATA_BYTES", help="Largest instance metadata, as JSON (413 above)."
+    )
+    max_instances: int = setting(
+        1_000_000, env="MAX_INSTANCES", help="Most instances the registry holds (503 registry_full above)."
+    )
+    event_history: int = setting(1000, env="EVENT_HISTORY_SIZE", help="Events kept for GET /events.")
+    heartbeat_events: bool = setting(
+        False, env="HEARTBEAT_EVENTS", help="Publish a service_heartbeat event for every heartbeat (noisy)."
+    )
+    shutdown_timeout: float = setting(
+        10.0, env="SHUTDOWN_TIMEOUT", help="Seconds that in-flight requests get to finish on SIGTERM."
+    )
+
+    def public(self) -> dict[str, Any]:
+        """The settings as they may be logged."""
+        return dataclasses.asdict(self)
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _convert(value: str, *, kind: type, name: str, source: str) -> Any:
+    if kind is bool:
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise SettingsError(f"{source} must be true or false, got {value!r}.")
+    try:
+        return kind(value)
+    except ValueError:
+        raise SettingsError(f"{source} must be of type {kind.__name__}, got {value!r}.") from None
+
+
+def _field_type(item: dataclasses.Field[Any]) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(item.type)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maxine",
+        description="Maxine: a fast service registry and discovery server. Every flag has an environment variable.",
+    )
+    for item in dataclasses.fields(Settings):
+        kind = _field_type(item)
+        help_text = f"{item.metadata['help']} [env {item.metadata['env']}]"
+        if kind is bool:
+            parser.add_argument(
+                _flag(item.name), dest=item.name, action=argparse.BooleanOptionalAction, default=None,
+                help=f"{help_text} (default: {'on' if item.default else 'off'})",
+            )
+        else:
+            parser.add_argument(
+                _flag(item.name),
+                dest=item.name,
+                type=str,
+                default=None,
+                choices=item.metadata["choices"],
+                metavar=item.name.upper(),
+                help=f"{help_text} (default: {item.default}"
+                + (f"; one of {', '.join(item.metadata['choices'])})" if item.metadata["choices"] else ")"),
+            )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, then the environment, then the defaults; ``SettingsError`` names a bad value."""
+    environ = os.environ if environ is None else environ
+    parsed = build_parser().parse_args(argv)
+
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(Settings):
+        kind = _field_type(item)
+        flag_value = getattr(parsed, item.name)
+        env_name = item.metadata["env"]
+        if flag_value is not None:
+            value = flag_value if kind is bool else _convert(flag_value, kind=kind, name=item.name, source=_flag(item.name))
+        elif environ.get(env_name, "") != "":
+            value = _convert(environ[env_name], kind=kind, name=item.name, source=env_name)
+        else:
+            continue
+        choices = item.metadata["choices"]
+        if choices and value not in choices:
+            raise SettingsError(f"{env_name} must be one of {', '.join(choices)}, got {value!r}.")
+        values[item.name] = value
+
+    settings = Settings(**values)
+    _check_ranges(settings)
+    return settings
+
+
+def _check_ranges(settings: Settings) -> None:
+    if not 0 <= settings.port <= 65535:
+        raise SettingsError(f"port must be from 0 to 65535, got {settings.port}.")
+    if not 1 <= settings.heartbeat_timeout <= 86400:
+        raise SettingsError(f"heartbeat timeout must be from 1 to 86400 seconds, got {settings.heartbeat_timeout}.")
+    for name in ("max_body_bytes", "max_metadata_bytes", "max_instances", "event_history"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")
+    if settings.shutdown_timeout < 0:
+        raise SettingsError(f"shutdown timeout must not be negative, got {settings.shutdown_timeout}.")
