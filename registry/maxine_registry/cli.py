@@ -13,7 +13,7 @@ from maxine_registry.settings import SettingsError, load_settings
 
 def _install_uvloop() -> None:
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415
     except ImportError:  # uvloop is optional on platforms that lack it; asyncio's loop works, slower
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -48,7 +48,9 @@ class TextFormatter(logging.Formatter):
         text = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
         fields = _fields(record)
         if fields:
-            text += " " + " ".join(f"{key}={orjson.dumps(value, default=str).decode()}" for key, value in fields.items())
+            text += " " + " ".join(
+                f"{key}={orjson.dumps(value, default=str).decode()}" for key, value in fields.items()
+            )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

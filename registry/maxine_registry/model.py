@@ -136,8 +136,9 @@ def parse_node_ref(value: object) -> NodeRef:
     service, sep, host = rest.partition(":")
     if not sep:
         return NodeRef(service_name=None, host=normalize_host(rest), port=port)
-    return NodeRef(service_name=validate_service_name(service, field="nodeId's service name"),
-                   host=normalize_host(host), port=port)
+    return NodeRef(
+        service_name=validate_service_name(service, field="nodeId's service name"), host=normalize_host(host), port=port
+    )
 
 
 def intern_tags(tags: Iterable[str]) -> frozenset[str]:

@@ -217,7 +217,9 @@ class Registry:
         )
         service = self._services.get(instance.service_name)
         if service is None:
-            service = self._services[instance.service_name] = Service(instance.service_name, cache_stats=self.cache_stats)
+            service = self._services[instance.service_name] = Service(
+                instance.service_name, cache_stats=self.cache_stats
+            )
         service.instances[node_id] = instance
         self._nodes[node_id] = instance
         self._index_address(instance)
@@ -233,15 +235,15 @@ class Registry:
             instance = self.resolve(node_ref)
         instance.expires_at = self.clock() + instance.ttl
         if self.heartbeat_events:
-            self.events.publish(ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id})
+            self.events.publish(
+                ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id}
+            )
         return instance
 
     def deregister(self, node_ref: object) -> Instance:
         instance = self.resolve(node_ref)
         self._remove(instance)
-        self.events.publish(
-            ev.SERVICE_DEREGISTERED, {"serviceName": instance.service_name, "nodeId": instance.node_id}
-        )
+        self.events.publish(ev.SERVICE_DEREGISTERED, {"serviceName": instance.service_name, "nodeId": instance.node_id})
         return instance
 
     def expire_due(self) -> list[Instance]:

@@ -70,7 +70,9 @@ class MaxineServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        logger.info("Maxine has stopped.", extra={"services": self.registry.service_count, "nodes": self.registry.node_count})
+        logger.info(
+            "Maxine has stopped.", extra={"services": self.registry.service_count, "nodes": self.registry.node_count}
+        )
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -26,7 +26,9 @@ def setting(default: Any, *, env: str, help: str, choices: Sequence[str] | None 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = setting("0.0.0.0", env="MAXINE_HOST", help="Address to listen on ('::' for every IPv6 and IPv4 address).")
+    host: str = setting(
+        "0.0.0.0", env="MAXINE_HOST", help="Address to listen on ('::' for every IPv6 and IPv4 address)."
+    )
     port: int = setting(8080, env="PORT", help="HTTP port.")
     heartbeat_timeout: float = setting(
         30.0, env="HEARTBEAT_TIMEOUT", help="Default lease (seconds) of an instance that sends no ttl of its own."
@@ -91,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = f"{item.metadata['help']} [env {item.metadata['env']}]"
         if kind is bool:
             parser.add_argument(
-                _flag(item.name), dest=item.name, action=argparse.BooleanOptionalAction, default=None,
+                _flag(item.name),
+                dest=item.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=f"{help_text} (default: {'on' if item.default else 'off'})",
             )
         else:
@@ -119,7 +124,9 @@ def load_settings(argv: Sequence[str] | None = None, *, environ: Mapping[str, st
         flag_value = getattr(parsed, item.name)
         env_name = item.metadata["env"]
         if flag_value is not None:
-            value = flag_value if kind is bool else _convert(flag_value, kind=kind, name=item.name, source=_flag(item.name))
+            value = (
+                flag_value if kind is bool else _convert(flag_value, kind=kind, name=item.name, source=_flag(item.name))
+            )
         elif environ.get(env_name, "") != "":
             value = _convert(environ[env_name], kind=kind, name=item.name, source=env_name)
         else:

@@ -77,9 +77,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             message = f"The request body exceeds the limit of {limit} bytes."
         else:
             message = f"{exc.reason}: {request.method} {request.path}."
-        error = MaxineError(message, code=_HTTP_ERROR_CODES.get(exc.status, "http_error"))
-        error.status = exc.status
-        response = error_response(error)
+        http_error = MaxineError(message, code=_HTTP_ERROR_CODES.get(exc.status, "http_error"))
+        http_error.status = exc.status
+        response = error_response(http_error)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
