@@ -25,6 +25,11 @@ SERVICE_REGISTERED = "service_registered"
 SERVICE_DEREGISTERED = "service_deregistered"
 SERVICE_HEARTBEAT = "service_heartbeat"
 SERVICE_UNHEALTHY = "service_unhealthy"
+SERVICE_HEALTHY = "service_healthy"
+CIRCUIT_OPEN = "circuit_open"
+CIRCUIT_HALF_OPEN = "circuit_half_open"
+CIRCUIT_CLOSE = "circuit_close"
+TRAFFIC_CHANGED = "traffic_changed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from maxine_registry.breakers import CircuitBreaker
 from maxine_registry.errors import InvalidInput
 
 MAX_SERVICE_NAME_LENGTH = 128
@@ -148,6 +150,28 @@ def intern_tags(tags: Iterable[str]) -> frozenset[str]:
     return _interned_tag_sets.setdefault(tag_set, tag_set)
 
 
+class NodeRuntime:
+    """
+    What the registry learns about a node while serving it, created on first need.
+
+    Most instances never get one (nobody reports on them), which keeps idle instances small.
+    ``inflight`` holds one deadline per request handed out and not yet reported back; a slot
+    whose deadline passes is dropped, so clients that never report cannot pin a node as busy.
+    """
+
+    __slots__ = ("breaker", "ewma_ms", "health_changes", "inflight", "samples")
+
+    def __init__(self) -> None:
+        self.inflight: deque[float] = deque()
+        self.ewma_ms: float | None = None
+        self.samples = 0
+        self.breaker: CircuitBreaker | None = None
+        self.health_changes: deque[float] = deque(maxlen=32)
+
+    def __repr__(self) -> str:
+        return f"NodeRuntime(inflight={len(self.inflight)}, ewma_ms={self.ewma_ms}, breaker={self.breaker!r})"
+
+
 class Instance:
     """
     One registered copy of a service, with its lease.
@@ -166,6 +190,7 @@ class Instance:
         "node_id",
         "port",
         "registered_at",
+        "runtime",
         "service_name",
         "tags",
         "ttl",
@@ -199,6 +224,7 @@ class Instance:
         self.expires_at = expires_at
         self.registered_at = registered_at
         self.healthy = True
+        self.runtime: NodeRuntime | None = None
         self._payload: bytes | None = None
 
     def __repr__(self) -> str:
@@ -238,3 +264,21 @@ class Instance:
 
     def invalidate(self) -> None:
         self._payload = None
+
+    def get_runtime(self) -> NodeRuntime:
+        runtime = self.runtime
+        if runtime is None:
+            runtime = self.runtime = NodeRuntime()
+        return runtime
+
+    @property
+    def inflight(self) -> int:
+        return len(self.runtime.inflight) if self.runtime is not None else 0
+
+    @property
+    def admitted(self) -> bool:
+        """Healthy, and not held back by an open circuit breaker."""
+        if not self.healthy:
+            return False
+        runtime = self.runtime
+        return runtime is None or runtime.breaker is None or runtime.breaker.admits

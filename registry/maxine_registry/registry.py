@@ -26,16 +26,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from maxine_registry import events as ev
+from maxine_registry.breakers import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
 from maxine_registry.errors import Conflict, InvalidInput, NoInstance, NotFound, NotRegistered, Unavailable
 from maxine_registry.events import EventBus
 from maxine_registry.leases import DEFAULT_RESOLUTION, LeaseWheel
 from maxine_registry.model import DEFAULT_VERSION, NO_TAGS, Instance, format_address, parse_node_ref
 from maxine_registry.registration import Registration
 from maxine_registry.strategies import CandidateSet, PickContext, Strategy
+from maxine_registry.traffic import TrafficPolicy
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TTL = 30.0
+# A request handed out and never reported back stops counting as in flight after this long.
+DEFAULT_INFLIGHT_TIMEOUT = 30.0
+EWMA_ALPHA = 0.3
+FAILURE_PENALTY_MS = 1000.0
 DEFAULT_MAX_INSTANCES = 1_000_000
 # Distinct (version, tags) filters remembered per service; past this the cache starts over, so
 # clients sending ever-new tag combinations cannot grow memory without bound.
@@ -53,20 +59,26 @@ class CacheStats:
 
 
 class Service:
-    __slots__ = ("_cache_stats", "_candidate_sets", "instances", "name", "revision")
+    __slots__ = ("_cache_stats", "_candidate_sets", "instances", "name", "retired", "revision")
 
-    def __init__(self, name: str, *, cache_stats: CacheStats) -> None:
+    def __init__(self, name: str, *, cache_stats: CacheStats, retired: frozenset[str] = frozenset()) -> None:
         self.name = name
         self._cache_stats = cache_stats
         self.instances: dict[str, Instance] = {}
         self.revision = 0
+        self.retired = retired
         self._candidate_sets: dict[CandidateKey, CandidateSet] = {}
 
     def __repr__(self) -> str:
         return f"Service(name={self.name!r}, instances={len(self.instances)}, revision={self.revision})"
 
     def candidates(self, *, version: str | None, tags: frozenset[str]) -> CandidateSet:
-        """The healthy instances matching the filter, cached until the service's revision moves."""
+        """
+        The instances that may serve this filter, cached until the service's revision moves.
+
+        They are healthy, not behind an open breaker, of a version not retired, and match the
+        version and every tag asked for. Anything that changes one of these bumps the revision.
+        """
         key = (version, tags)
         candidate_set = self._candidate_sets.get(key)
         if candidate_set is not None and candidate_set.revision == self.revision:
@@ -74,12 +86,14 @@ class Service:
             return candidate_set
         self._cache_stats.misses += 1
 
+        retired = self.retired
         matching = tuple(
             instance
             for instance in self.instances.values()
-            if instance.healthy
+            if instance.admitted
             and (version is None or (instance.version or DEFAULT_VERSION) == version)
             and tags <= instance.tags
+            and (not retired or (instance.version or DEFAULT_VERSION) not in retired)
         )
         if candidate_set is None:
             if len(self._candidate_sets) >= MAX_CANDIDATE_SETS_PER_SERVICE:
@@ -108,11 +122,15 @@ class Registry:
         max_instances: int = DEFAULT_MAX_INSTANCES,
         heartbeat_events: bool = False,
         lease_resolution: float = DEFAULT_RESOLUTION,
+        breaker_policy: BreakerPolicy | None = None,
+        inflight_timeout: float = DEFAULT_INFLIGHT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.events = events if events is not None else EventBus(wall=wall)
+        self.breaker_policy = breaker_policy if breaker_policy is not None else BreakerPolicy()
+        self.inflight_timeout = inflight_timeout
         self.default_ttl = default_ttl
         self.max_instances = max_instances
         self.heartbeat_events = heartbeat_events
@@ -124,6 +142,10 @@ class Registry:
         self._by_address: dict[str, Instance | list[Instance]] = {}
         self._leases = LeaseWheel(now=clock(), resolution=lease_resolution)
         self._revision = 0
+        self._traffic: dict[str, TrafficPolicy] = {}
+        # Nodes with requests in flight, and nodes whose breaker waits for a time to pass.
+        self._busy: set[Instance] = set()
+        self._tripped: set[Instance] = set()
         self.cache_stats = CacheStats()
 
     def __repr__(self) -> str:
@@ -218,7 +240,7 @@ class Registry:
         service = self._services.get(instance.service_name)
         if service is None:
             service = self._services[instance.service_name] = Service(
-                instance.service_name, cache_stats=self.cache_stats
+                instance.service_name, cache_stats=self.cache_stats, retired=self._retired(instance.service_name)
             )
         service.instances[node_id] = instance
         self._nodes[node_id] = instance
@@ -246,9 +268,108 @@ class Registry:
         self.events.publish(ev.SERVICE_DEREGISTERED, {"serviceName": instance.service_name, "nodeId": instance.node_id})
         return instance
 
+    def set_health(self, instance: Instance, *, healthy: bool, reason: str) -> bool:
+        """Record what a health check decided; return True when the instance's health changed."""
+        if instance.healthy == healthy or self._nodes.get(instance.node_id) is not instance:
+            return False
+        instance.healthy = healthy
+        instance.invalidate()
+        instance.get_runtime().health_changes.append(self.clock())
+        self._touch(self._services[instance.service_name])
+
+        event = ev.SERVICE_HEALTHY if healthy else ev.SERVICE_UNHEALTHY
+        self.events.publish(event, {"serviceName": instance.service_name, "nodeId": instance.node_id, "reason": reason})
+        logger.info(
+            "Instance %s is now %s.", instance.node_id, "healthy" if healthy else "unhealthy", extra={"reason": reason}
+        )
+        return True
+
+    def record_outcome(self, instance: Instance, *, response_ms: float | None, success: bool) -> None:
+        """
+        Take the outcome of one request served by ``instance``.
+
+        It frees one in-flight slot, feeds the response-time average (a failure counts as at
+        least ``FAILURE_PENALTY_MS``, so a node that fails fast never looks fastest), and feeds
+        the node's circuit breaker.
+        """
+        runtime = instance.get_runtime()
+        if runtime.inflight:
+            runtime.inflight.popleft()
+            if not runtime.inflight:
+                self._busy.discard(instance)
+
+        sample = response_ms if success else max(response_ms or 0.0, FAILURE_PENALTY_MS)
+        if sample is not None:
+            runtime.samples += 1
+            previous = runtime.ewma_ms
+            runtime.ewma_ms = sample if previous is None else previous + EWMA_ALPHA * (sample - previous)
+
+        breaker = runtime.breaker
+        if breaker is None:
+            if success:
+                return
+            breaker = runtime.breaker = CircuitBreaker(policy=self.breaker_policy)
+        changed = breaker.record(success=success, now=self.clock(), wall=self.wall())
+        if changed is not None and self._nodes.get(instance.node_id) is instance:
+            self._breaker_changed(instance, breaker)
+
+    def breaker_view(self, node_ref: object) -> dict[str, Any]:
+        instance = self.resolve(node_ref)
+        runtime = instance.runtime
+        breaker = runtime.breaker if runtime is not None else None
+        view = (
+            breaker.view(now=self.clock(), wall=self.wall())
+            if breaker is not None
+            else {
+                "state": CLOSED,
+                "failures": 0,
+                "totalFailures": 0,
+                "totalSuccesses": 0,
+                "lastFailure": None,
+                "nextRetry": None,
+            }
+        )
+        return {"nodeId": instance.node_id, **view}
+
+    # Traffic policies.
+
+    def traffic(self, service_name: str) -> TrafficPolicy | None:
+        return self._traffic.get(service_name)
+
+    def set_traffic(self, service_name: str, distribution: dict[str, float]) -> TrafficPolicy:
+        policy = self._policy(service_name)
+        policy.set_distribution(distribution)
+        self._policy_changed(service_name, policy)
+        return policy
+
+    def shift_traffic(self, service_name: str, *, from_version: str, to_version: str, percentage: float) -> float:
+        policy = self._policy(service_name)
+        moved = policy.shift(from_version=from_version, to_version=to_version, percentage=percentage)
+        self._policy_changed(service_name, policy)
+        return moved
+
+    def promote(self, service_name: str, version: str) -> TrafficPolicy:
+        policy = self._policy(service_name)
+        policy.promote(version)
+        self._policy_changed(service_name, policy)
+        return policy
+
+    def retire(self, service_name: str, version: str) -> TrafficPolicy:
+        policy = self._policy(service_name)
+        policy.retire(version)
+        self._policy_changed(service_name, policy)
+        return policy
+
     def expire_due(self) -> list[Instance]:
-        """Remove every instance whose lease has ended; called by the sweeper a few times a second."""
+        """
+        Remove every instance whose lease has ended; called by the sweeper a few times a second.
+
+        The same tick lets go of in-flight slots nobody reported back and moves breakers whose
+        open period has ended to half-open.
+        """
         now = self.clock()
+        self._release_stale_slots(now)
+        self._tick_breakers(now)
         expired = self._leases.sweep(now, is_current=lambda instance: self._nodes.get(instance.node_id) is instance)
         for instance in expired:
             self._remove(instance)
@@ -275,10 +396,37 @@ class Registry:
         if service is None:
             raise NotFound(f"Service {service_name!r} has no registered instances.", code="service_not_found")
 
+        if version is not None and version in service.retired:
+            raise NoInstance(f"Version {version!r} of {service_name!r} is retired.", code="version_retired")
+        if version is None:
+            policy = self._traffic.get(service_name)
+            if policy is not None and policy.distribution:
+                version = self._split_version(service, policy, tags=tags)
+
         candidates = service.candidates(version=version, tags=tags)
         if not candidates.instances:
             self._explain_empty(service, version=version, tags=tags)
-        return strategy(candidates, context if context is not None else PickContext(rng=self.rng))
+        if context is None:
+            context = PickContext(rng=self.rng)
+        instance = strategy(candidates, context)
+
+        runtime = instance.runtime
+        if context.hold_slot:
+            runtime = instance.get_runtime()
+            runtime.inflight.append(self.clock() + self.inflight_timeout)
+            self._busy.add(instance)
+        breaker = runtime.breaker if runtime is not None else None
+        # When the last half-open trial is out, keep the node back until its outcome arrives.
+        if breaker is not None and breaker.state == HALF_OPEN and breaker.take_trial(now=self.clock()):
+            self._tripped.add(instance)
+            self._touch(service)
+        return instance
+
+    def _split_version(self, service: Service, policy: TrafficPolicy, *, tags: frozenset[str]) -> str | None:
+        servable = [
+            version for version in policy.distribution if service.candidates(version=version, tags=tags).instances
+        ]
+        return policy.choose_version(servable)
 
     def versions(self, service_name: str) -> list[str]:
         service = self._services.get(service_name)
@@ -294,11 +442,77 @@ class Registry:
 
     # Internals.
 
+    def _retired(self, service_name: str) -> frozenset[str]:
+        policy = self._traffic.get(service_name)
+        return frozenset(policy.retired) if policy is not None else frozenset()
+
+    def _policy(self, service_name: str) -> TrafficPolicy:
+        policy = self._traffic.get(service_name)
+        if policy is None:
+            policy = self._traffic[service_name] = TrafficPolicy()
+        return policy
+
+    def _policy_changed(self, service_name: str, policy: TrafficPolicy) -> None:
+        self.events.publish(ev.TRAFFIC_CHANGED, {"serviceName": service_name, **policy.view()})
+        if policy.is_empty:
+            del self._traffic[service_name]
+        service = self._services.get(service_name)
+        if service is not None:
+            service.retired = frozenset(policy.retired)
+            self._touch(service)
+
+    def _breaker_changed(self, instance: Instance, breaker: CircuitBreaker) -> None:
+        self._touch(self._services[instance.service_name])
+        data = {
+            "serviceName": instance.service_name,
+            "nodeId": instance.node_id,
+            "failures": breaker.consecutive_failures,
+        }
+        if breaker.state == OPEN:
+            self._tripped.add(instance)
+            self.events.publish(ev.CIRCUIT_OPEN, data)
+            logger.warning(
+                "Circuit breaker for %s opened after %d failures.", instance.node_id, breaker.consecutive_failures
+            )
+        elif breaker.state == CLOSED:
+            self._tripped.discard(instance)
+            self.events.publish(ev.CIRCUIT_CLOSE, data)
+            logger.info("Circuit breaker for %s closed again.", instance.node_id)
+        else:
+            self.events.publish(ev.CIRCUIT_HALF_OPEN, data)
+
+    def _tick_breakers(self, now: float) -> None:
+        for instance in list(self._tripped):
+            if self._nodes.get(instance.node_id) is not instance:
+                self._tripped.discard(instance)
+                continue
+            breaker = instance.runtime.breaker if instance.runtime is not None else None
+            if breaker is None:
+                self._tripped.discard(instance)
+                continue
+            if breaker.tick(now=now) is not None:
+                self._tripped.discard(instance)
+                self._breaker_changed(instance, breaker)
+
+    def _release_stale_slots(self, now: float) -> None:
+        for instance in list(self._busy):
+            runtime = instance.runtime
+            if runtime is None:
+                self._busy.discard(instance)
+                continue
+            slots = runtime.inflight
+            while slots and slots[0] <= now:
+                slots.popleft()
+            if not slots or self._nodes.get(instance.node_id) is not instance:
+                self._busy.discard(instance)
+
     def _touch(self, service: Service) -> None:
         self._revision += 1
         service.revision = self._revision
 
     def _remove(self, instance: Instance) -> None:
+        self._busy.discard(instance)
+        self._tripped.discard(instance)
         del self._nodes[instance.node_id]
         self._unindex_address(instance)
         service = self._services[instance.service_name]

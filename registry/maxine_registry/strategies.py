@@ -47,6 +47,8 @@ class PickContext:
     key: str | None = None
     region: str | None = None
     zone: str | None = None
+    # Count the pick as a request in flight until its outcome is reported (proxy, least-connections).
+    hold_slot: bool = False
 
 
 @dataclass(slots=True)
