@@ -9,6 +9,8 @@ apart in what they accept or answer.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,10 +22,13 @@ import orjson
 from maxine_registry import __version__
 from maxine_registry.errors import InvalidInput, MaxineError
 from maxine_registry.model import validate_service_name
-from maxine_registry.registration import parse_registration
+from maxine_registry.registration import parse_registration, parse_version
 from maxine_registry.registry import Registry, parse_tag_filter
 from maxine_registry.settings import Settings
-from maxine_registry.strategies import PickContext, resolve_strategy
+from maxine_registry.strategies import DEFAULT_STRATEGY, HOLDS_SLOTS, PickContext, resolve_strategy
+from maxine_registry.traffic import parse_distribution
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_EVENTS_LIMIT = 1000
 
@@ -67,6 +72,47 @@ def _node_ref(body: object, query: Mapping[str, str]) -> object:
     raise InvalidInput("nodeId is required (in the JSON body, or as a query parameter).")
 
 
+def _object(body: object, fields: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInput(f"The body must be a JSON object with {fields}.")
+    return body
+
+
+def _version(value: object, field_name: str) -> str:
+    if value is None:
+        raise InvalidInput(f"{field_name} is required.")
+    version = parse_version(value)
+    assert version is not None
+    return version
+
+
+def _number(value: object, field_name: str, *, low: float, high: float, required: bool = True) -> float | None:
+    if value is None:
+        if required:
+            raise InvalidInput(f"{field_name} is required.")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInput(f"{field_name} must be a number, got {value!r}.")
+    if not low <= value <= high:
+        raise InvalidInput(f"{field_name} must be from {low:g} to {high:g}, got {value!r}.")
+    return float(value)
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR blocks, as the trusted-proxies setting gives them."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+def _is_trusted(address: str | None, networks: tuple[IPNetwork, ...]) -> bool:
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 def _int_param(query: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:
     text = query.get(name)
     if text is None or text == "":
@@ -86,6 +132,7 @@ class Operations:
         self.settings = settings
         self.stats = RequestStats()
         self.instance_id = uuid.uuid4().hex
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
 
     def register(self, body: object) -> Reply:
         registration = parse_registration(body, max_metadata_bytes=self.settings.max_metadata_bytes)
@@ -101,15 +148,19 @@ class Operations:
         instance = self.registry.deregister(_node_ref(body, query))
         return ok({"nodeId": instance.node_id, "deregistered": True})
 
-    def discover(self, query: Mapping[str, str], *, client_ip: str | None = None) -> Reply:
+    def discover(
+        self, query: Mapping[str, str], *, client_ip: str | None = None, forwarded_for: str | None = None
+    ) -> Reply:
         service_name = validate_service_name(query.get("serviceName"))
-        strategy = resolve_strategy(query.get("loadBalancing") or query.get("strategy"))
+        strategy_name = query.get("loadBalancing") or query.get("strategy") or DEFAULT_STRATEGY
+        strategy = resolve_strategy(strategy_name)
         context = PickContext(
             rng=self.registry.rng,
-            client_ip=client_ip,
-            key=query.get("key"),
-            region=query.get("region"),
-            zone=query.get("zone"),
+            client_ip=self.client_address(client_ip, forwarded_for),
+            key=query.get("key") or None,
+            region=query.get("region") or None,
+            zone=query.get("zone") or None,
+            hold_slot=strategy_name in HOLDS_SLOTS,
         )
         instance = self.registry.discover(
             service_name,
@@ -119,6 +170,90 @@ class Operations:
             context=context,
         )
         return Reply(200, instance.payload)
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        """
+        The caller's address: the direct peer, unless that peer is a trusted proxy.
+
+        Behind trusted proxies, ``X-Forwarded-For`` is read from the right and the first address
+        that is not itself a trusted proxy is the client; anything further left could be forged.
+        """
+        if not forwarded_for or not self.trusted_proxies or not _is_trusted(peer, self.trusted_proxies):
+            return peer
+        for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
+            if not _is_trusted(hop, self.trusted_proxies):
+                return hop or peer
+        return peer
+
+    def record_response_time(self, body: object) -> Reply:
+        if not isinstance(body, dict):
+            raise InvalidInput("The body must be a JSON object with nodeId and responseTime.")
+        instance = self.registry.resolve(_node_ref(body, {}))
+        response_ms = _number(body.get("responseTime"), "responseTime", low=0, high=3_600_000, required=False)
+        outcome = body.get("outcome", "success")
+        if outcome not in ("success", "failure"):
+            raise InvalidInput(f"outcome must be 'success' or 'failure', got {outcome!r}.")
+        if response_ms is None and outcome == "success":
+            raise InvalidInput("responseTime is required for a successful outcome.")
+
+        self.registry.record_outcome(instance, response_ms=response_ms, success=outcome == "success")
+        runtime = instance.get_runtime()
+        return ok(
+            {
+                "nodeId": instance.node_id,
+                "averageResponseTime": round(runtime.ewma_ms, 3) if runtime.ewma_ms is not None else None,
+                "samples": runtime.samples,
+                "inflight": len(runtime.inflight),
+                "circuitBreaker": runtime.breaker.state if runtime.breaker is not None else "closed",
+            }
+        )
+
+    def circuit_breaker(self, node_id: str) -> Reply:
+        return ok(self.registry.breaker_view(node_id))
+
+    def anomalies(self) -> Reply:
+        return ok({"anomalies": self.registry.anomalies()})
+
+    def traffic(self, query: Mapping[str, str]) -> Reply:
+        service_name = validate_service_name(query.get("serviceName"))
+        policy = self.registry.traffic(service_name)
+        view = policy.view() if policy is not None else {"distribution": {}, "retired": []}
+        return ok({"serviceName": service_name, **view})
+
+    def set_traffic(self, body: object) -> Reply:
+        document = _object(body, "serviceName and distribution")
+        service_name = validate_service_name(document.get("serviceName"))
+        distribution = parse_distribution(document.get("distribution"))
+        policy = self.registry.set_traffic(service_name, distribution)
+        return ok({"serviceName": service_name, **policy.view()})
+
+    def shift_traffic(self, body: object) -> Reply:
+        document = _object(body, "serviceName, fromVersion, toVersion and percentage")
+        service_name = validate_service_name(document.get("serviceName"))
+        from_version = _version(document.get("fromVersion"), "fromVersion")
+        to_version = _version(document.get("toVersion"), "toVersion")
+        if from_version == to_version:
+            raise InvalidInput("fromVersion and toVersion must differ.")
+        percentage = _number(document.get("percentage"), "percentage", low=0, high=100)
+        assert percentage is not None
+        moved = self.registry.shift_traffic(
+            service_name, from_version=from_version, to_version=to_version, percentage=percentage
+        )
+        policy = self.registry.traffic(service_name)
+        view = policy.view() if policy is not None else {"distribution": {}, "retired": []}
+        return ok({"serviceName": service_name, "moved": moved, **view})
+
+    def promote(self, body: object) -> Reply:
+        document = _object(body, "serviceName and version")
+        service_name = validate_service_name(document.get("serviceName"))
+        policy = self.registry.promote(service_name, _version(document.get("version"), "version"))
+        return ok({"serviceName": service_name, **policy.view()})
+
+    def retire(self, body: object) -> Reply:
+        document = _object(body, "serviceName and version")
+        service_name = validate_service_name(document.get("serviceName"))
+        policy = self.registry.retire(service_name, _version(document.get("version"), "version"))
+        return ok({"serviceName": service_name, **policy.view()})
 
     def servers(self) -> Reply:
         registry = self.registry

@@ -42,6 +42,8 @@ DEFAULT_TTL = 30.0
 DEFAULT_INFLIGHT_TIMEOUT = 30.0
 EWMA_ALPHA = 0.3
 FAILURE_PENALTY_MS = 1000.0
+FLAP_WINDOW = 300.0
+FLAP_CHANGES = 4
 DEFAULT_MAX_INSTANCES = 1_000_000
 # Distinct (version, tags) filters remembered per service; past this the cache starts over, so
 # clients sending ever-new tag combinations cannot grow memory without bound.
@@ -330,6 +332,47 @@ class Registry:
             }
         )
         return {"nodeId": instance.node_id, **view}
+
+    def anomalies(self) -> list[dict[str, Any]]:
+        """
+        Services that look wrong, with the figures that say so.
+
+        ``no_healthy_instance``: instances exist and none can serve. ``high_circuit_failures``: the
+        service's nodes together failed at least a breaker threshold's worth of times in a row, or
+        a breaker is open. ``flapping``: a node changed health ``FLAP_CHANGES`` times or more within
+        ``FLAP_WINDOW`` seconds.
+        """
+        now = self.clock()
+        found: list[dict[str, Any]] = []
+        for service in self.services():
+            instances = list(service.instances.values())
+            if not any(instance.admitted for instance in instances):
+                found.append({"serviceName": service.name, "type": "no_healthy_instance", "value": len(instances)})
+
+            failures = 0
+            open_breakers = 0
+            for instance in instances:
+                runtime = instance.runtime
+                if runtime is None:
+                    continue
+                if runtime.breaker is not None:
+                    failures += runtime.breaker.consecutive_failures
+                    open_breakers += runtime.breaker.state != CLOSED
+                changes = sum(1 for moment in runtime.health_changes if now - moment <= FLAP_WINDOW)
+                if changes >= FLAP_CHANGES:
+                    found.append(
+                        {"serviceName": service.name, "type": "flapping", "value": changes, "nodeId": instance.node_id}
+                    )
+            if open_breakers or failures >= self.breaker_policy.failure_threshold:
+                found.append(
+                    {
+                        "serviceName": service.name,
+                        "type": "high_circuit_failures",
+                        "value": failures,
+                        "openBreakers": open_breakers,
+                    }
+                )
+        return found
 
     # Traffic policies.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ class Settings:
     event_history: int = setting(1000, env="EVENT_HISTORY_SIZE", help="Events kept for GET /events.")
     heartbeat_events: bool = setting(
         False, env="HEARTBEAT_EVENTS", help="Publish a service_heartbeat event for every heartbeat (noisy)."
+    )
+    trusted_proxies: str = setting(
+        "",
+        env="TRUSTED_PROXIES",
+        help="Comma-separated addresses or CIDR blocks whose X-Forwarded-For is believed (none by default).",
     )
     shutdown_timeout: float = setting(
         10.0, env="SHUTDOWN_TIMEOUT", help="Seconds that in-flight requests get to finish on SIGTERM."
@@ -149,5 +155,11 @@ def _check_ranges(settings: Settings) -> None:
     for name in ("max_body_bytes", "max_metadata_bytes", "max_instances", "event_history"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")
+    try:
+        for part in settings.trusted_proxies.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)
+    except ValueError as exc:
+        raise SettingsError(f"TRUSTED_PROXIES holds an entry that is not an address or CIDR block: {exc}.") from None
     if settings.shutdown_timeout < 0:
         raise SettingsError(f"shutdown timeout must not be negative, got {settings.shutdown_timeout}.")

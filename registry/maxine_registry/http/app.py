@@ -108,7 +108,46 @@ async def deregister(request: web.Request) -> web.Response:
 
 
 async def discover(request: web.Request) -> web.Response:
-    return respond(request.app[OPERATIONS_KEY].discover(request.query, client_ip=request.remote))
+    operations = request.app[OPERATIONS_KEY]
+    forwarded_for = request.headers.get("X-Forwarded-For")
+    return respond(operations.discover(request.query, client_ip=request.remote, forwarded_for=forwarded_for))
+
+
+async def record_response_time(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].record_response_time(body))
+
+
+async def circuit_breaker(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].circuit_breaker(request.match_info["nodeId"]))
+
+
+async def anomalies(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].anomalies())
+
+
+async def traffic(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].traffic(request.query))
+
+
+async def set_traffic(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].set_traffic(body))
+
+
+async def shift_traffic(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].shift_traffic(body))
+
+
+async def promote(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].promote(body))
+
+
+async def retire(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return respond(request.app[OPERATIONS_KEY].retire(body))
 
 
 async def servers(request: web.Request) -> web.Response:
@@ -140,6 +179,14 @@ SERVICE_ROUTES: list[tuple[str, str, Handler]] = [
     ("DELETE", "/deregister", deregister),
     ("GET", "/servers", servers),
     ("GET", "/versions", versions),
+    ("POST", "/record-response-time", record_response_time),
+    ("GET", "/circuit-breaker/{nodeId}", circuit_breaker),
+    ("GET", "/anomalies", anomalies),
+    ("GET", "/traffic", traffic),
+    ("POST", "/traffic/set", set_traffic),
+    ("POST", "/traffic/shift", shift_traffic),
+    ("POST", "/version/promote", promote),
+    ("POST", "/version/retire", retire),
 ]
 
 ROOT_ROUTES: list[tuple[str, str, Handler]] = [
