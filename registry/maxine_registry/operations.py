@@ -13,7 +13,7 @@ import ipaddress
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import orjson
 from maxine_registry import __version__
 from maxine_registry.errors import InvalidInput, MaxineError
 from maxine_registry.model import validate_service_name
-from maxine_registry.registration import parse_registration, parse_version
+from maxine_registry.registration import Registration, parse_registration, parse_version
 from maxine_registry.registry import Registry, parse_tag_filter
 from maxine_registry.settings import Settings
 from maxine_registry.strategies import DEFAULT_STRATEGY, HOLDS_SLOTS, PickContext, resolve_strategy
@@ -45,6 +45,13 @@ def ok(document: Any, *, status: int = 200) -> Reply:
 
 def error_body(error: MaxineError) -> bytes:
     return orjson.dumps(error.as_dict())
+
+
+# A guard may refuse a request by raising a MaxineError (Forbidden, RateLimited, ...).
+# Discovery guards get (serviceName, caller name or None, client address or None).
+DiscoveryGuard = Callable[[str, str | None, str | None], None]
+# Registration guards get the validated registration.
+RegistrationGuard = Callable[[Registration], None]
 
 
 @dataclass(slots=True)
@@ -133,9 +140,19 @@ class Operations:
         self.stats = RequestStats()
         self.instance_id = uuid.uuid4().hex
         self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        # Features that govern access (blacklists, ACLs, intentions, ...) add themselves here;
+        # every transport that discovers or registers goes through them.
+        self.discovery_guards: list[DiscoveryGuard] = []
+        self.registration_guards: list[RegistrationGuard] = []
+
+    def guard_discovery(self, service_name: str, *, caller: str | None, client_ip: str | None) -> None:
+        for guard in self.discovery_guards:
+            guard(service_name, caller, client_ip)
 
     def register(self, body: object) -> Reply:
         registration = parse_registration(body, max_metadata_bytes=self.settings.max_metadata_bytes)
+        for guard in self.registration_guards:
+            guard(registration)
         result = self.registry.register(registration)
         instance = result.instance
         return ok({"nodeId": instance.node_id, "address": instance.address, "ttl": instance.ttl})
@@ -149,7 +166,12 @@ class Operations:
         return ok({"nodeId": instance.node_id, "deregistered": True})
 
     def discover(
-        self, query: Mapping[str, str], *, client_ip: str | None = None, forwarded_for: str | None = None
+        self,
+        query: Mapping[str, str],
+        *,
+        client_ip: str | None = None,
+        forwarded_for: str | None = None,
+        caller: str | None = None,
     ) -> Reply:
         service_name = validate_service_name(query.get("serviceName"))
         strategy_name = query.get("loadBalancing") or query.get("strategy") or DEFAULT_STRATEGY
@@ -162,6 +184,8 @@ class Operations:
             zone=query.get("zone") or None,
             hold_slot=strategy_name in HOLDS_SLOTS,
         )
+        if self.discovery_guards:
+            self.guard_discovery(service_name, caller=caller, client_ip=context.client_ip)
         instance = self.registry.discover(
             service_name,
             strategy=strategy,

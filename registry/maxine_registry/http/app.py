@@ -10,53 +10,24 @@ receives an HTML error page or a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-import orjson
 from aiohttp import web
 
-from maxine_registry.errors import InvalidInput, MaxineError, PayloadTooLarge
-from maxine_registry.operations import Operations, Reply, error_body
+from maxine_registry.errors import MaxineError
+from maxine_registry.http.common import (
+    HTTP_ERROR_CODES,
+    OPERATIONS_KEY,
+    SERVICEOPS_PREFIX,
+    Handler,
+    error_response,
+    read_json,
+    request_caller,
+    respond,
+)
+from maxine_registry.operations import Operations
 
 logger = logging.getLogger(__name__)
-
-JSON = "application/json"
-OPERATIONS_KEY = web.AppKey("operations", Operations)
-# The contract's second surface: the same operations under a prefix.
-SERVICEOPS_PREFIX = "/api/maxine/serviceops"
-
-_HTTP_ERROR_CODES = {
-    400: "bad_request",
-    404: "route_not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    431: "headers_too_large",
-}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def respond(reply: Reply) -> web.Response:
-    return web.Response(body=reply.body, status=reply.status, content_type=JSON)
-
-
-def error_response(error: MaxineError) -> web.Response:
-    return web.Response(body=error_body(error), status=error.status, content_type=JSON)
-
-
-async def read_json(request: web.Request) -> object:
-    """The decoded body, or None when there is none; ``InvalidInput`` when it is not JSON."""
-    limit = request.app[OPERATIONS_KEY].settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is {request.content_length} bytes; the limit is {limit} bytes.")
-    raw = await request.read()
-    if not raw.strip():
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
 
 
 @web.middleware
@@ -77,7 +48,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             message = f"The request body exceeds the limit of {limit} bytes."
         else:
             message = f"{exc.reason}: {request.method} {request.path}."
-        http_error = MaxineError(message, code=_HTTP_ERROR_CODES.get(exc.status, "http_error"))
+        http_error = MaxineError(message, code=HTTP_ERROR_CODES.get(exc.status, "http_error"))
         http_error.status = exc.status
         response = error_response(http_error)
         if exc.status == 405 and "Allow" in exc.headers:
@@ -110,7 +81,10 @@ async def deregister(request: web.Request) -> web.Response:
 async def discover(request: web.Request) -> web.Response:
     operations = request.app[OPERATIONS_KEY]
     forwarded_for = request.headers.get("X-Forwarded-For")
-    return respond(operations.discover(request.query, client_ip=request.remote, forwarded_for=forwarded_for))
+    reply = operations.discover(
+        request.query, client_ip=request.remote, forwarded_for=forwarded_for, caller=request_caller(request)
+    )
+    return respond(reply)
 
 
 async def record_response_time(request: web.Request) -> web.Response:
@@ -196,9 +170,17 @@ ROOT_ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
+# Each feature module adds its routes, middlewares, startup and cleanup to the app, and its
+# guards to the operations. Order matters only for middlewares (auth before rate limits).
+Feature = Callable[[web.Application, Operations], None]
+FEATURES: list[Feature] = []
+
+
 def create_app(operations: Operations) -> web.Application:
     app = web.Application(client_max_size=operations.settings.max_body_bytes, middlewares=[json_errors])
     app[OPERATIONS_KEY] = operations
+    for feature in FEATURES:
+        feature(app, operations)
     for method, path, handler in SERVICE_ROUTES:
         app.router.add_route(method, path, handler)
         app.router.add_route(method, SERVICEOPS_PREFIX + path, handler)

@@ -1,0 +1,61 @@
+"""
+What every HTTP handler shares: the operations key, reading JSON bodies, writing replies.
+
+Feature modules import from here, never from ``app``, so that ``app`` can import every feature
+module without a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from maxine_registry.errors import InvalidInput, MaxineError, PayloadTooLarge
+from maxine_registry.identity import IDENTITY_KEY, caller_name
+from maxine_registry.operations import Operations, Reply, error_body
+
+JSON = "application/json"
+OPERATIONS_KEY = web.AppKey("operations", Operations)
+# The contract's second surface: the same operations under a prefix.
+SERVICEOPS_PREFIX = "/api/maxine/serviceops"
+
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "route_not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    431: "headers_too_large",
+}
+
+
+def respond(reply: Reply) -> web.Response:
+    return web.Response(body=reply.body, status=reply.status, content_type=JSON)
+
+
+def error_response(error: MaxineError) -> web.Response:
+    return web.Response(body=error_body(error), status=error.status, content_type=JSON)
+
+
+async def read_json(request: web.Request) -> object:
+    """The decoded body, or None when there is none; ``InvalidInput`` when it is not JSON."""
+    limit = request.app[OPERATIONS_KEY].settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is {request.content_length} bytes; the limit is {limit} bytes.")
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_caller(request: web.Request) -> str | None:
+    """The caller name for access rules: the verified identity, else what the caller declares."""
+    return caller_name(identity=request.get(IDENTITY_KEY), headers=request.headers, query=request.query)
