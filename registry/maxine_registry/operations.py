@@ -20,11 +20,13 @@ from typing import Any
 import orjson
 
 from maxine_registry import __version__
+from maxine_registry.auth_protocol import Authenticator
 from maxine_registry.errors import InvalidInput, MaxineError
 from maxine_registry.model import validate_service_name
 from maxine_registry.registration import Registration, parse_registration, parse_version
 from maxine_registry.registry import Registry, parse_tag_filter
 from maxine_registry.settings import Settings
+from maxine_registry.snapshots import SnapshotPart
 from maxine_registry.strategies import DEFAULT_STRATEGY, HOLDS_SLOTS, PickContext, resolve_strategy
 from maxine_registry.traffic import parse_distribution
 
@@ -144,6 +146,10 @@ class Operations:
         # every transport that discovers or registers goes through them.
         self.discovery_guards: list[DiscoveryGuard] = []
         self.registration_guards: list[RegistrationGuard] = []
+        # Set by the auth feature when auth is on.
+        self.authenticator: Authenticator | None = None
+        # Stateful features add their part for backup, restore and persistence.
+        self.snapshot_parts: dict[str, SnapshotPart] = {}
 
     def guard_discovery(self, service_name: str, *, caller: str | None, client_ip: str | None) -> None:
         for guard in self.discovery_guards:
