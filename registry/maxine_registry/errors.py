@@ -81,3 +81,17 @@ class RateLimited(MaxineError):
 class Unavailable(MaxineError):
     status = 503
     code = "unavailable"
+
+
+class BadGateway(MaxineError):
+    """The instance a request was forwarded to refused it, hung up, or answered with something that is not HTTP."""
+
+    status = 502
+    code = "bad_gateway"
+
+
+class GatewayTimeout(MaxineError):
+    """The instance a request was forwarded to did not answer in time."""
+
+    status = 504
+    code = "gateway_timeout"

@@ -57,6 +57,22 @@ class Settings:
     shutdown_timeout: float = setting(
         10.0, env="SHUTDOWN_TIMEOUT", help="Seconds that in-flight requests get to finish on SIGTERM."
     )
+    proxy_connect_timeout: float = setting(
+        2.0,
+        env="PROXY_CONNECT_TIMEOUT",
+        help="Seconds the proxy waits to connect to an instance, a free pooled connection included (504 above).",
+    )
+    proxy_timeout: float = setting(
+        30.0,
+        env="PROXY_TIMEOUT",
+        help="Seconds an instance may stay silent once the proxy sent it the request (504, or a cut stream, above).",
+    )
+    proxy_max_body_bytes: int = setting(
+        10 * 1024 * 1024, env="PROXY_MAX_BODY_BYTES", help="Largest request body the proxy forwards (413 above)."
+    )
+    proxy_max_connections: int = setting(
+        256, env="PROXY_MAX_CONNECTIONS", help="Most connections the proxy keeps open to instances, all together."
+    )
 
     def public(self) -> dict[str, Any]:
         """The settings as they may be logged."""
@@ -152,7 +168,14 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError(f"port must be from 0 to 65535, got {settings.port}.")
     if not 1 <= settings.heartbeat_timeout <= 86400:
         raise SettingsError(f"heartbeat timeout must be from 1 to 86400 seconds, got {settings.heartbeat_timeout}.")
-    for name in ("max_body_bytes", "max_metadata_bytes", "max_instances", "event_history"):
+    for name in (
+        "max_body_bytes",
+        "max_metadata_bytes",
+        "max_instances",
+        "event_history",
+        "proxy_max_body_bytes",
+        "proxy_max_connections",
+    ):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")
     try:
@@ -163,3 +186,6 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError(f"TRUSTED_PROXIES holds an entry that is not an address or CIDR block: {exc}.") from None
     if settings.shutdown_timeout < 0:
         raise SettingsError(f"shutdown timeout must not be negative, got {settings.shutdown_timeout}.")
+    for name in ("proxy_connect_timeout", "proxy_timeout"):
+        if not 0 < getattr(settings, name) <= 3600:
+            raise SettingsError(f"{name} must be more than 0 and at most 3600 seconds, got {getattr(settings, name)}.")

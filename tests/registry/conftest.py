@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDictProxy
 
 from maxine_registry.events import EventBus
 from maxine_registry.http import create_app
@@ -49,3 +55,171 @@ async def api(registry: Registry, settings: Settings) -> AsyncIterator[TestClien
     app = create_app(Operations(registry=registry, settings=settings))
     async with TestClient(TestServer(app)) as client:
         yield client
+
+
+# The proxy: a registry on the real clock, and backends on loopback, some of them misbehaving on purpose.
+
+BACKEND_HOST = "127.0.0.1"
+# Every wait in a backend is bounded, so that a proxy bug fails a test instead of hanging it.
+BACKEND_IO_TIMEOUT = 10.0
+
+BackendHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RawBehaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """A request as a backend received it: the raw path with its query, the headers, the whole body."""
+
+    method: str
+    target: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class EchoBackend:
+    """
+    An HTTP service behind the proxy that records each request it gets.
+
+    By default it answers with a JSON description of the request (201 for a POST, 200 otherwise)
+    and an ``X-Backend`` header naming it; ``handler`` replaces that answer for one test. ``host``
+    may be ``::1`` for an IPv6 backend.
+    """
+
+    def __init__(self, name: str, *, handler: BackendHandler | None = None, host: str = BACKEND_HOST) -> None:
+        self.name = name
+        self.host = host
+        self.port = 0
+        self.seen: list[SeenRequest] = []
+        self._handler = handler
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        return f"EchoBackend(name={self.name!r}, port={self.port}, requests={len(self.seen)})"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        if self._handler is not None:
+            self.seen.append(SeenRequest(request.method, request.raw_path, request.headers, b""))
+            return await self._handler(request)
+        body = await request.read()
+        self.seen.append(SeenRequest(request.method, request.raw_path, request.headers, body))
+        description = {
+            "backend": self.name,
+            "method": request.method,
+            "target": request.raw_path,
+            "bodyLength": len(body),
+            "bodySha256": hashlib.sha256(body).hexdigest(),
+        }
+        return web.json_response(
+            description, status=201 if request.method == "POST" else 200, headers={"X-Backend": self.name}
+        )
+
+
+class RawBackend:
+    """
+    A TCP listener that speaks only as much HTTP as ``behaviour`` does: it may hang, hang up or garble.
+
+    Each connection runs ``behaviour(reader, writer)`` for at most ``BACKEND_IO_TIMEOUT`` seconds and
+    is then closed; ``stop()`` ends the ones still running.
+    """
+
+    def __init__(self, behaviour: RawBehaviour) -> None:
+        self.port = 0
+        self.connections = 0
+        self._behaviour = behaviour
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"RawBackend(port={self.port}, connections={self.connections})"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, BACKEND_HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await asyncio.wait_for(self._behaviour(reader, writer), BACKEND_IO_TIMEOUT)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+            if task is not None:
+                self._tasks.discard(task)
+
+
+@pytest.fixture
+def proxy_registry() -> Registry:
+    """A registry on the real clock: the proxy measures real response times and waits real timeouts."""
+    return Registry(rng=random.Random(7))
+
+
+@pytest.fixture
+def proxy_settings() -> Settings:
+    """Short proxy timeouts, so that tests of hanging backends end quickly; a body limit above 5 MiB."""
+    return Settings(proxy_connect_timeout=0.5, proxy_timeout=0.5, proxy_max_body_bytes=8 * 1024 * 1024)
+
+
+@pytest.fixture
+async def proxy_api(proxy_registry: Registry, proxy_settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The full HTTP app over a real loopback socket, on the real-clock registry."""
+    app = create_app(Operations(registry=proxy_registry, settings=proxy_settings))
+    async with TestClient(TestServer(app, host=BACKEND_HOST)) as client:
+        yield client
+
+
+@pytest.fixture
+async def echo_backends() -> AsyncIterator[Callable[..., Awaitable[EchoBackend]]]:
+    """A factory of started ``EchoBackend`` services, called like ``EchoBackend``; all stop at teardown."""
+    started: list[EchoBackend] = []
+
+    async def start(name: str, **options: Any) -> EchoBackend:
+        backend = EchoBackend(name, **options)
+        await backend.start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        await backend.stop()
+
+
+@pytest.fixture
+async def raw_backends() -> AsyncIterator[Callable[[RawBehaviour], Awaitable[RawBackend]]]:
+    """A factory of started ``RawBackend`` listeners; all stop at teardown."""
+    started: list[RawBackend] = []
+
+    async def start(behaviour: RawBehaviour) -> RawBackend:
+        backend = RawBackend(behaviour)
+        await backend.start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        await backend.stop()

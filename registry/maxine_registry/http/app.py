@@ -25,6 +25,7 @@ from maxine_registry.http.common import (
     request_caller,
     respond,
 )
+from maxine_registry.http.proxy import install_proxy
 from maxine_registry.operations import Operations
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ ROOT_ROUTES: list[tuple[str, str, Handler]] = [
 # Each feature module adds its routes, middlewares, startup and cleanup to the app, and its
 # guards to the operations. Order matters only for middlewares (auth before rate limits).
 Feature = Callable[[web.Application, Operations], None]
-FEATURES: list[Feature] = []
+FEATURES: list[Feature] = [install_proxy]
 
 
 def create_app(operations: Operations) -> web.Application:
