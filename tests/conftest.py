@@ -1,0 +1,185 @@
+"""
+Fixtures shared by every test folder: real ``maxine`` registry processes on loopback.
+
+``maxine_process`` is a factory. Each call starts one registry as a subprocess, with the same entry
+point as the ``maxine`` command, on a free loopback port (or on a given port, to restart a registry
+where its clients expect it), and returns once ``GET /health`` answers. Whatever a test started is
+stopped at teardown, and killed if it does not stop in time. A server's stderr goes to a file, shown
+when the server fails to start.
+
+Helpers talk to the servers with urllib through an opener without proxies, so that no test request
+can leave the machine whatever the environment's proxy settings are.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+STARTUP_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+HEALTH_POLL_INTERVAL = 0.05
+# A free port may be taken by someone else between the check and the server's bind; try a few.
+START_ATTEMPTS = 3
+
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def find_free_loopback_port() -> int:
+    """A loopback port nothing listens on at the moment of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def http_json(url: str, *, method: str = "GET", body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """Status and decoded JSON of one request, error statuses included; for tests, not for the client under test."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with _NO_PROXY_OPENER.open(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+class MaxineProcess:
+    """One registry subprocess: where it listens, and how to stop or kill it."""
+
+    def __init__(self, *, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.process = process
+        self.host = LOOPBACK
+        self.port = port
+        self.base_url = f"http://{LOOPBACK}:{port}"
+        self.log_path = log_path
+
+    def __repr__(self) -> str:
+        return f"MaxineProcess(base_url={self.base_url!r}, pid={self.process.pid}, running={self.running})"
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get_json(self, path: str) -> Any:
+        """The JSON of ``GET path`` on this registry; fails the test on an error status."""
+        status, document = http_json(self.base_url + path)
+        assert status == 200, f"GET {path} answered {status}: {document!r}"
+        return document
+
+    def events(self, *, event: str | None = None) -> list[dict[str, Any]]:
+        """The registry's event history, optionally only events of one kind."""
+        history: list[dict[str, Any]] = self.get_json("/events?limit=1000")["events"]
+        return [item for item in history if event is None or item["event"] == event]
+
+    def node_ids(self, service_name: str) -> set[str]:
+        """Node ids the registry lists for a service right now."""
+        services = self.get_json("/servers")["services"]
+        return {node["nodeId"] for node in services.get(service_name, {}).get("nodes", [])}
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for a graceful exit; returns the exit code."""
+        if self.running:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=STOP_TIMEOUT)
+
+    def kill(self) -> int:
+        """SIGKILL: the registry vanishes with everything it held in memory."""
+        if self.running:
+            self.process.kill()
+        return self.process.wait(timeout=STOP_TIMEOUT)
+
+    def wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"{self!r} exited with {self.process.returncode} while starting:\n{self.logs()}")
+            try:
+                status, _ = http_json(self.base_url + "/health", timeout=1.0)
+            except (OSError, ValueError):
+                status = 0
+            if status == 200:
+                return
+            time.sleep(HEALTH_POLL_INTERVAL)
+        raise RuntimeError(f"{self!r} did not answer /health within {STARTUP_TIMEOUT} s:\n{self.logs()}")
+
+
+class MaxineProcessFactory:
+    """Starts registries for one test and stops all of them at its end."""
+
+    def __init__(self, *, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[MaxineProcess] = []
+
+    def __call__(self, *, port: int | None = None, args: Sequence[str] = ()) -> MaxineProcess:
+        """
+        Start a registry and wait until it is healthy.
+
+        ``port=None`` picks a free loopback port; a given port is used as is (to restart on it).
+        ``args`` are extra command-line flags, e.g. ``["--heartbeat-timeout", "2"]``.
+        """
+        attempts = START_ATTEMPTS if port is None else 1
+        for attempt in range(1, attempts + 1):
+            server = self._spawn(port=port if port is not None else find_free_loopback_port(), args=args)
+            try:
+                server.wait_until_healthy()
+            except RuntimeError:
+                server.kill()
+                # Only an early exit may be a lost race for the port; a server that runs but never gets
+                # healthy is broken, and trying it on another port would just take longer to say so.
+                if attempt == attempts or server.process.returncode != 1:
+                    raise
+                continue
+            return server
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _spawn(self, *, port: int, args: Sequence[str]) -> MaxineProcess:
+        log_path = self.log_dir / f"maxine-{port}-{len(self.started)}.log"
+        command = [
+            sys.executable, "-m", "maxine_registry",
+            "--host", LOOPBACK, "--port", str(port), "--log-level", "warning",
+            *args,
+        ]  # fmt: skip
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        server = MaxineProcess(process=process, port=port, log_path=log_path)
+        self.started.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            try:
+                server.stop()
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+@pytest.fixture
+def maxine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MaxineProcessFactory]:
+    """Factory of registry subprocesses, all stopped when the test ends."""
+    factory = MaxineProcessFactory(log_dir=tmp_path_factory.mktemp("maxine"))
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def free_loopback_port() -> Callable[[], int]:
+    """A function giving a loopback port nothing listens on (connecting to it is refused) at each call."""
+    return find_free_loopback_port
