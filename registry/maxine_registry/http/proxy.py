@@ -61,6 +61,8 @@ PROXY_PATH = "/proxy"
 # Methods that may be sent twice without harm (RFC 9110, section 9.2.2); only these are retried.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Connection-level headers (RFC 9110, section 7.6.1); ``Proxy-*`` is dropped by prefix as well.
+# TODO: LATER: WebSocket and other upgrades are not proxied: Upgrade is dropped, so the instance
+# answers a plain request. Tunnelling them needs a byte pump in both directions after a 101.
 HOP_BY_HOP_HEADERS = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
 # Host must name the instance, Maxine's server already answered any Expect, and the X-Forwarded-*
 # headers are rebuilt from what Maxine saw.
@@ -114,6 +116,9 @@ def _end_to_end(headers: CIMultiDictProxy[str]) -> Iterable[tuple[str, str]]:
 
 def forwarded_request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     """The client's headers as an instance should see them, without ``Host`` (set per attempt)."""
+    # TODO: LATER: Authorization goes to the instance, as the client's credential for it. Once Maxine
+    # checks its own tokens on /proxy, the two must not share a header (Maxine's token would reach
+    # every instance): Maxine's would move to a header of its own, dropped here like X-Maxine-*.
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in _end_to_end(request.headers) if name.lower() not in REPLACED_HEADERS
     )
@@ -224,6 +229,10 @@ class Proxy:
         # The connect timeout covers waiting for a free pooled connection too, so a full pool
         # cannot queue requests forever. The read timeout restarts with every byte received, so a
         # long download that keeps flowing is never cut, while a silent instance is.
+        # TODO: LATER: a full pool then counts as the instance's failure (504), though it is Maxine's
+        # own limit; and no timer covers sending the request body (aiohttp starts the read timeout
+        # once the body is out), so an instance that stops reading mid-upload holds the attempt until
+        # the client gives up. Both need a deadline of the proxy's own around the attempt.
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=settings.proxy_connect_timeout,
@@ -374,6 +383,8 @@ class Proxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, *, instance: Instance
     ) -> tuple[web.StreamResponse, bool]:
         """Stream the instance's answer to the client; False when the instance broke it off."""
+        # TODO: LATER: aiohttp adds Content-Type (application/octet-stream) to a non-empty answer that
+        # has none, and a Server header when the instance sends none; a raw writer would relay exactly.
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(answer_headers(upstream.headers))
         try:
