@@ -4,7 +4,7 @@ Turning a client's registration document into a validated ``Registration``, or r
 Every transport hands the decoded body to ``parse_registration``; nothing reaches the registry
 core unchecked. The checks are the registry's documented limits: name and host lengths, the port
 range, the size of the metadata, and the shape of the metadata keys the registry itself reads
-(``version``, ``tags``, ``weight``). Other metadata keys are the client's own and kept as sent.
+(``version``, ``tags``, ``weight``, ``healthCheck``). Other metadata keys are the client's own and kept as sent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from maxine_registry.errors import InvalidInput, PayloadTooLarge
+from maxine_registry.health_checks import HealthCheckSpec
 from maxine_registry.model import (
     MAX_TAG_LENGTH,
     MAX_TAGS,
@@ -114,6 +115,8 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
             f"metadata is {len(metadata_json)} bytes as JSON; the limit is {max_metadata_bytes} bytes.",
             code="metadata_too_large",
         )
+    if metadata.get("healthCheck") is not None:
+        HealthCheckSpec.parse(metadata["healthCheck"], host=host, port=port)
 
     return Registration(
         service_name=service_name,

@@ -173,6 +173,10 @@ class Registry:
     def get_service(self, name: str) -> Service | None:
         return self._services.get(name)
 
+    def get_instance(self, node_id: str) -> Instance | None:
+        """The instance registered under this exact full node id, or None; no parsing, for internal lookups."""
+        return self._nodes.get(node_id)
+
     def resolve(self, node_ref: object) -> Instance:
         """Find the instance a node id names, full or short; raise ``NotRegistered`` if none."""
         if isinstance(node_ref, str):

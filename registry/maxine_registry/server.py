@@ -1,5 +1,5 @@
 """
-The server's lifecycle: build the registry, open the listener, run the lease sweeper, stop cleanly.
+The server's lifecycle: build the registry, open the listener, run the lease sweeper and health checks, stop cleanly.
 
 ``MaxineServer`` follows aiohttp's runner pattern: ``start()`` opens everything and ``stop()``
 closes everything it opened, in reverse. ``serve()`` adds signal handling for the command line:
@@ -18,6 +18,7 @@ import socket
 from aiohttp import web
 
 from maxine_registry.events import EventBus
+from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
 from maxine_registry.model import format_address
 from maxine_registry.operations import Operations
@@ -39,6 +40,11 @@ class MaxineServer:
             heartbeat_events=settings.heartbeat_events,
         )
         self.operations = Operations(registry=self.registry, settings=settings)
+        self.health_checker = (
+            HealthChecker(registry=self.registry, concurrency=settings.health_check_concurrency)
+            if settings.health_checks
+            else None
+        )
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -55,6 +61,8 @@ class MaxineServer:
         sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="maxine-lease-sweeper")
+        if self.health_checker is not None:
+            self.health_checker.start()
         logger.info(
             "Maxine is listening on http://%s.",
             format_address(self.settings.host, self.port),
@@ -62,6 +70,8 @@ class MaxineServer:
         )
 
     async def stop(self) -> None:
+        if self.health_checker is not None:
+            await self.health_checker.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

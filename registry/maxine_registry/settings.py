@@ -49,6 +49,12 @@ class Settings:
     heartbeat_events: bool = setting(
         False, env="HEARTBEAT_EVENTS", help="Publish a service_heartbeat event for every heartbeat (noisy)."
     )
+    health_checks: bool = setting(
+        True, env="HEALTH_CHECKS_ENABLED", help="Probe the instances that declare metadata.healthCheck."
+    )
+    health_check_concurrency: int = setting(
+        64, env="HEALTH_CHECK_CONCURRENCY", help="Most health probes in flight at once."
+    )
     trusted_proxies: str = setting(
         "",
         env="TRUSTED_PROXIES",
@@ -168,6 +174,8 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError(f"port must be from 0 to 65535, got {settings.port}.")
     if not 1 <= settings.heartbeat_timeout <= 86400:
         raise SettingsError(f"heartbeat timeout must be from 1 to 86400 seconds, got {settings.heartbeat_timeout}.")
+    if settings.health_check_concurrency < 1:
+        raise SettingsError(f"health check concurrency must be at least 1, got {settings.health_check_concurrency}.")
     for name in (
         "max_body_bytes",
         "max_metadata_bytes",

@@ -1,10 +1,18 @@
-"""Fixtures for the registry's own tests: a registry on a hand-driven clock, and the HTTP app in-process."""
+"""
+Fixtures for the registry's own tests: a registry on a hand-driven clock, and the HTTP app in-process.
+
+Health checks need real time and real sockets instead: a registry on the real clock, a started
+``HealthChecker``, and local HTTP and TCP services on loopback that a test turns bad, slow, off and on.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
 
 from maxine_registry.events import EventBus
+from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
 from maxine_registry.operations import Operations
 from maxine_registry.registry import Registry
@@ -55,6 +64,164 @@ async def api(registry: Registry, settings: Settings) -> AsyncIterator[TestClien
     app = create_app(Operations(registry=registry, settings=settings))
     async with TestClient(TestServer(app)) as client:
         yield client
+
+
+# Health checks: real time, real sockets, loopback only.
+
+LOOPBACK = "127.0.0.1"
+WAIT_TIMEOUT = 10.0
+
+
+async def wait_until(condition: Callable[[], bool], *, what: str, within: float = WAIT_TIMEOUT) -> None:
+    """Poll ``condition`` until it holds; fail the test, naming ``what``, if it does not hold ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Timed out after {within:g}s waiting until {what}.")
+        await asyncio.sleep(0.02)
+
+
+class HttpTarget:
+    """
+    A local HTTP service to probe. It counts the paths asked for and answers as its fields say.
+
+    ``status`` is the answer (200 unless a test turns it to 500); ``delay`` seconds pass before it;
+    ``redirect_to`` makes it a 302 there; ``fail_next`` answers that many requests with 500 first.
+    ``max_inflight`` is the most requests it ever served at once. ``stop()`` then ``start()`` reopens
+    it on the same port.
+    """
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.delay = 0.0
+        self.redirect_to = ""
+        self.fail_next = 0
+        self.hits: Counter[str] = Counter()
+        self.inflight = 0
+        self.max_inflight = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpTarget(port={self.port}, status={self.status}, requests={self.hits.total()})"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, self.port, reuse_address=True).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.hits[request.path_qs] += 1
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return web.Response(status=500)
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.redirect_to:
+                raise web.HTTPFound(self.redirect_to)
+            return web.Response(status=self.status, text="checked")
+        finally:
+            self.inflight -= 1
+
+
+class TcpTarget:
+    """A local TCP listener to probe: it accepts, counts and closes connections; it can close and reopen."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    def __repr__(self) -> str:
+        return f"TcpTarget(port={self.port}, connections={self.connections}, open={self._server is not None})"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, LOOPBACK, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@pytest.fixture
+def live_registry() -> Registry:
+    """A registry on the real clock, for health checks against real sockets."""
+    return Registry()
+
+
+@pytest.fixture
+async def start_checker(live_registry: Registry) -> AsyncIterator[Callable[..., HealthChecker]]:
+    """
+    A factory of started health checkers on ``live_registry``; all are stopped at teardown.
+
+    They rescan every 0.2 s, so that re-registrations show quickly.
+    """
+    started: list[HealthChecker] = []
+
+    def start(**options: Any) -> HealthChecker:
+        health_checker = HealthChecker(registry=live_registry, rescan_interval=0.2, **options)
+        health_checker.start()
+        started.append(health_checker)
+        return health_checker
+
+    yield start
+    for health_checker in started:
+        await health_checker.stop()
+
+
+@pytest.fixture
+async def checker(start_checker: Callable[..., HealthChecker]) -> HealthChecker:
+    # Async, so that it starts inside the test's running loop.
+    return start_checker()
+
+
+@pytest.fixture
+async def http_targets() -> AsyncIterator[Callable[[], Awaitable[HttpTarget]]]:
+    """A factory of started ``HttpTarget`` services; all of them are stopped at teardown."""
+    started: list[HttpTarget] = []
+
+    async def start() -> HttpTarget:
+        target = HttpTarget()
+        await target.start()
+        started.append(target)
+        return target
+
+    yield start
+    for target in started:
+        await target.stop()
+
+
+@pytest.fixture
+async def http_target(http_targets: Callable[[], Awaitable[HttpTarget]]) -> HttpTarget:
+    return await http_targets()
+
+
+@pytest.fixture
+async def tcp_target() -> AsyncIterator[TcpTarget]:
+    target = TcpTarget()
+    await target.start()
+    yield target
+    await target.stop()
 
 
 # The proxy: a registry on the real clock, and backends on loopback, some of them misbehaving on purpose.
