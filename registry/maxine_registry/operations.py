@@ -49,6 +49,16 @@ def error_body(error: MaxineError) -> bytes:
     return orjson.dumps(error.as_dict())
 
 
+def decode_body(raw: bytes) -> object:
+    """A request body as every transport decodes it: None when blank, ``invalid_json`` when not JSON."""
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+
+
 # A guard may refuse a request by raising a MaxineError (Forbidden, RateLimited, ...).
 # Discovery guards get (serviceName, caller name or None, client address or None).
 DiscoveryGuard = Callable[[str, str | None, str | None], None]

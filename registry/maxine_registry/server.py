@@ -20,6 +20,8 @@ from aiohttp import web
 from maxine_registry.events import EventBus
 from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
+from maxine_registry.http.app import has_request_middleware
+from maxine_registry.http.lightning import LightningServer
 from maxine_registry.model import format_address
 from maxine_registry.operations import Operations
 from maxine_registry.registry import Registry
@@ -46,6 +48,8 @@ class MaxineServer:
             else None
         )
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.lightning: LightningServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port: int | None = None
 
@@ -53,12 +57,22 @@ class MaxineServer:
         app = create_app(self.operations)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
-        await site.start()
+        assert self._runner.server is not None
+
+        # Every connection meets the lightning path first; it hands aiohttp whatever is not hot.
+        self.lightning = LightningServer(
+            operations=self.operations,
+            fallback=self._runner.server,
+            serve_hot_routes=self.settings.lightning and not has_request_middleware(app),
+            max_connections=self.settings.max_connections,
+        )
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self.lightning, self.settings.host, self.settings.port, reuse_address=True, backlog=1024
+        )
 
         # With port 0 the system picks one; report the one really bound.
-        server = site._server
-        sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])
+        sockets: list[socket.socket] = list(self._listener.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="maxine-lease-sweeper")
         if self.health_checker is not None:
@@ -66,7 +80,7 @@ class MaxineServer:
         logger.info(
             "Maxine is listening on http://%s.",
             format_address(self.settings.host, self.port),
-            extra={"settings": self.settings.public()},
+            extra={"settings": self.settings.public(), "lightning": self.lightning.serve_hot_routes},
         )
 
     async def stop(self) -> None:
@@ -77,12 +91,23 @@ class MaxineServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        await self._stop_listening()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         logger.info(
             "Maxine has stopped.", extra={"services": self.registry.service_count, "nodes": self.registry.node_count}
         )
+
+    async def _stop_listening(self) -> None:
+        """Accept no more connections; let the lightning path finish the requests it has begun."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.lightning is None:
+            return
+        self.lightning.close_idle()
+        await self.lightning.drain(grace=self.settings.shutdown_timeout)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -80,6 +80,24 @@ class Settings:
         256, env="PROXY_MAX_CONNECTIONS", help="Most connections the proxy keeps open to instances, all together."
     )
 
+    intentions_default: str = setting(
+        "allow",
+        env="INTENTIONS_DEFAULT",
+        help="What discovery does when no intention matches a caller and a service.",
+        choices=("allow", "deny"),
+    )
+    rate_limit_enabled: bool = setting(
+        False, env="RATE_LIMIT_ENABLED", help="Limit requests per caller (name, else client address) with 429."
+    )
+    rate_limit_rate: float = setting(
+        100.0, env="RATE_LIMIT_RATE", help="Requests a second each caller may sustain when rate limiting is on."
+    )
+    rate_limit_burst: int = setting(
+        200, env="RATE_LIMIT_BURST", help="Requests each caller may send at once before the rate applies."
+    )
+    rate_limit_max_buckets: int = setting(
+        100_000, env="RATE_LIMIT_MAX_BUCKETS", help="Most callers rate limiting tracks at once (least recent dropped)."
+    )
     def public(self) -> dict[str, Any]:
         """The settings as they may be logged."""
         return dataclasses.asdict(self)
@@ -197,3 +215,8 @@ def _check_ranges(settings: Settings) -> None:
     for name in ("proxy_connect_timeout", "proxy_timeout"):
         if not 0 < getattr(settings, name) <= 3600:
             raise SettingsError(f"{name} must be more than 0 and at most 3600 seconds, got {getattr(settings, name)}.")
+    if not 0 < settings.rate_limit_rate <= 1_000_000:
+        raise SettingsError(f"rate limit rate must be more than 0 and at most 1000000, got {settings.rate_limit_rate}.")
+    for name in ("rate_limit_burst", "rate_limit_max_buckets"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")

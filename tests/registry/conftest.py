@@ -21,10 +21,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
+from yarl import URL
 
+from maxine_registry.auth_protocol import Authenticator
 from maxine_registry.events import EventBus
 from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
+from maxine_registry.http.app import has_request_middleware
+from maxine_registry.http.common import OPERATIONS_KEY
+from maxine_registry.http.lightning import LightningServer
 from maxine_registry.operations import Operations
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
@@ -58,11 +63,46 @@ def settings() -> Settings:
     return Settings(max_body_bytes=4096, max_metadata_bytes=1024)
 
 
-@pytest.fixture
-async def api(registry: Registry, settings: Settings) -> AsyncIterator[TestClient[object, object]]:
-    """The full HTTP app over a real socket, on the fake-clock registry."""
+class LightningTestServer(TestServer):
+    """The app behind the lightning path, as ``maxine`` serves it: hot routes lean, the rest by aiohttp."""
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        assert self.runner.server is not None
+        self.lightning = LightningServer(
+            operations=self.app[OPERATIONS_KEY],
+            fallback=self.runner.server,
+            serve_hot_routes=not has_request_middleware(self.app),
+        )
+        self.listener = await asyncio.get_running_loop().create_server(self.lightning, self.host, 0)
+        self.port = self.listener.sockets[0].getsockname()[1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.started and not self.closed:
+            self.listener.close()
+            self.lightning.close_idle()
+            await self.lightning.drain(grace=5)
+        await super().close()
+
+
+@pytest.fixture(params=["aiohttp", "lightning"])
+async def api(
+    request: pytest.FixtureRequest, registry: Registry, settings: Settings
+) -> AsyncIterator[TestClient[object, object]]:
+    """
+    The full HTTP app over a real socket, on the fake-clock registry.
+
+    Every test that uses it runs twice: through aiohttp alone, and through the lightning path that
+    ``maxine`` puts in front, so both transports are held to one contract.
+    """
     app = create_app(Operations(registry=registry, settings=settings))
-    async with TestClient(TestServer(app)) as client:
+    server = LightningTestServer(app) if request.param == "lightning" else TestServer(app)
+    async with TestClient(server) as client:
         yield client
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from maxine_registry.errors import MaxineError
-from maxine_registry.http import configs, dependencies, graphql, traces
+from maxine_registry.http import configs, dependencies, governance, graphql, traces
 from maxine_registry.http.common import (
     HTTP_ERROR_CODES,
     OPERATIONS_KEY,
@@ -175,7 +175,14 @@ ROOT_ROUTES: list[tuple[str, str, Handler]] = [
 # Each feature module adds its routes, middlewares, startup and cleanup to the app, and its
 # guards to the operations. Order matters only for middlewares (auth before rate limits).
 Feature = Callable[[web.Application, Operations], None]
-FEATURES: list[Feature] = [install_proxy, configs.setup, dependencies.setup, graphql.setup, traces.setup]
+FEATURES: list[Feature] = [
+    install_proxy,
+    governance.setup,
+    configs.setup,
+    dependencies.setup,
+    graphql.setup,
+    traces.setup,
+]
 
 
 def create_app(operations: Operations) -> web.Application:

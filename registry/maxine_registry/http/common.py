@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import orjson
 from aiohttp import web
 
-from maxine_registry.errors import InvalidInput, MaxineError, PayloadTooLarge
+from maxine_registry.errors import MaxineError, PayloadTooLarge
 from maxine_registry.identity import IDENTITY_KEY, caller_name
-from maxine_registry.operations import Operations, Reply, error_body
+from maxine_registry.operations import Operations, Reply, decode_body, error_body
 
 JSON = "application/json"
 OPERATIONS_KEY = web.AppKey("operations", Operations)
@@ -44,13 +43,7 @@ async def read_json(request: web.Request) -> object:
     limit = request.app[OPERATIONS_KEY].settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The request body is {request.content_length} bytes; the limit is {limit} bytes.")
-    raw = await request.read()
-    if not raw.strip():
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    return decode_body(await request.read())
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
