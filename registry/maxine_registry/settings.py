@@ -38,6 +38,14 @@ class Settings:
     log_level: str = setting(
         "info", env="LOG_LEVEL", help="Lowest level logged.", choices=("debug", "info", "warning", "error")
     )
+    lightning: bool = setting(
+        True,
+        env="LIGHTNING_MODE",
+        help="Serve register, heartbeat, deregister, discover and health on the lean HTTP path.",
+    )
+    max_connections: int = setting(
+        10_000, env="MAX_CONNECTIONS", help="Most open client connections; past it a new one gets 503."
+    )
     max_body_bytes: int = setting(64 * 1024, env="MAX_BODY_BYTES", help="Largest request body accepted (413 above).")
     max_metadata_bytes: int = setting(
         16 * 1024, env="MAX_METADATA_BYTES", help="Largest instance metadata, as JSON (413 above)."

@@ -185,6 +185,11 @@ FEATURES: list[Feature] = [
 ]
 
 
+def has_request_middleware(app: web.Application) -> bool:
+    """Does a feature wrap requests (auth, rate limits, tracing)? Then only aiohttp may serve them."""
+    return any(middleware is not json_errors for middleware in app.middlewares)
+
+
 def create_app(operations: Operations) -> web.Application:
     app = web.Application(client_max_size=operations.settings.max_body_bytes, middlewares=[json_errors])
     app[OPERATIONS_KEY] = operations
