@@ -207,6 +207,7 @@ def _check_ranges(settings: Settings) -> None:
         "max_metadata_bytes",
         "max_instances",
         "event_history",
+        "max_connections",
         "proxy_max_body_bytes",
         "proxy_max_connections",
     ):
