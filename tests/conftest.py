@@ -9,11 +9,17 @@ when the server fails to start.
 
 Helpers talk to the servers with urllib through an opener without proxies, so that no test request
 can leave the machine whatever the environment's proxy settings are.
+
+Other real servers the tests need (an MQTT broker) are started the same way: on a free loopback port,
+from their own temporary configuration, and stopped at teardown. ``require_binary`` finds their
+executables: a missing one skips the test with an install hint, but fails it when ``CI=true``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,3 +189,150 @@ def maxine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MaxineP
 def free_loopback_port() -> Callable[[], int]:
     """A function giving a loopback port nothing listens on (connecting to it is refused) at each call."""
     return find_free_loopback_port
+
+
+# Executables the tests run for real.
+
+SYSTEM_BINARY_FOLDERS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
+
+
+def require_binary(name: str, *, hint: str) -> str:
+    """The path of an executable a test needs; skip without it, except under CI=true, where it fails."""
+    path = shutil.which(name)
+    if path is None:
+        # Daemons such as mosquitto live in sbin, which is not on every user's PATH.
+        candidates = (os.path.join(folder, name) for folder in SYSTEM_BINARY_FOLDERS)
+        path = next((candidate for candidate in candidates if os.access(candidate, os.X_OK)), None)
+    if path is None:
+        message = f"{name} is not installed; {hint}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once something accepts connections on the loopback port; raise if it does not in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"The process on port {port} exited with {process.returncode} while starting.")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(HEALTH_POLL_INTERVAL)
+    raise RuntimeError(f"Nothing accepted connections on {LOOPBACK}:{port} within {timeout} s.")
+
+
+class MosquittoBroker:
+    """A real mosquitto on a loopback port, anonymous, without persistence; it can be killed and restarted."""
+
+    def __init__(self, *, binary: str, port: int, workdir: Path) -> None:
+        self.binary = binary
+        self.port = port
+        self.host = LOOPBACK
+        self.url = f"mqtt://{LOOPBACK}:{port}"
+        self.config_path = workdir / "mosquitto.conf"
+        self.log_path = workdir / "mosquitto.log"
+        self.config_path.write_text(f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"MosquittoBroker(url={self.url!r}, running={self.running})"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.config_path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        try:
+            wait_for_port(self.port, timeout=STARTUP_TIMEOUT, process=self.process)
+        except RuntimeError as exc:
+            self.kill()
+            raise RuntimeError(f"{self!r} did not start: {exc}\n{self.logs()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes mid-connection, as in a crash."""
+        if self.process is not None and self.running:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """A started mosquitto broker on a free loopback port, stopped at teardown."""
+    binary = require_binary("mosquitto", hint="install it with: apt-get install mosquitto")
+    broker = MosquittoBroker(binary=binary, port=find_free_loopback_port(), workdir=tmp_path_factory.mktemp("mqtt"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# A headless browser, for the HTML pages Maxine serves.
+
+CHROMIUM_ARGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)  # fmt: skip
+BROWSER_TIMEOUT_MS = 10_000
+
+
+class BrowserPage:
+    """One Playwright page in Debian's Chromium, and every error its console or its scripts reported."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def __repr__(self) -> str:
+        return f"BrowserPage(url={self.page.url!r}, errors={len(self.errors)})"
+
+
+@pytest.fixture
+def browser_page() -> Iterator[BrowserPage]:
+    """
+    A fresh page in headless Chromium, driven by Playwright with the system's browser.
+
+    Playwright's own browser downloads are never used: the executable is Debian's ``chromium``,
+    and the flags keep it from calling home. Skips without Chromium or Playwright, fails under CI.
+    """
+    executable = require_binary("chromium", hint="install it with `apt-get install chromium`.")
+    try:
+        # Imported here so that test runs without the browser tests need no Playwright.
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    except ImportError:
+        message = "playwright is not installed; install the test extra: pip install -e '.[test]'."
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS), headless=True)
+        try:
+            context = browser.new_context(accept_downloads=True)
+            page = context.new_page()
+            page.set_default_timeout(BROWSER_TIMEOUT_MS)
+            yield BrowserPage(page)
+        finally:
+            browser.close()

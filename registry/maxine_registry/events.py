@@ -30,6 +30,8 @@ CIRCUIT_OPEN = "circuit_open"
 CIRCUIT_HALF_OPEN = "circuit_half_open"
 CIRCUIT_CLOSE = "circuit_close"
 TRAFFIC_CHANGED = "traffic_changed"
+CONFIG_CHANGED = "config_changed"
+CONFIG_DELETED = "config_deleted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,8 @@ class RequestStats:
 
     requests: int = 0
     errors: int = 0
+    # Open WebSocket event connections; the WebSocket transport keeps it current.
+    ws_connections: int = 0
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
 
@@ -334,7 +336,7 @@ class Operations:
                 "nodes": registry.node_count,
                 "persistenceEnabled": False,
                 "persistenceType": "none",
-                "wsConnections": 0,
+                "wsConnections": self.stats.ws_connections,
                 "eventsBroadcasted": registry.events.published,
                 "cacheHits": registry.cache_stats.hits,
                 "cacheMisses": registry.cache_stats.misses,

@@ -45,6 +45,8 @@ FAILURE_PENALTY_MS = 1000.0
 FLAP_WINDOW = 300.0
 FLAP_CHANGES = 4
 DEFAULT_MAX_INSTANCES = 1_000_000
+# With heartbeat events on, at most one service_heartbeat per node in this many seconds.
+DEFAULT_HEARTBEAT_EVENT_INTERVAL = 10.0
 # Distinct (version, tags) filters remembered per service; past this the cache starts over, so
 # clients sending ever-new tag combinations cannot grow memory without bound.
 MAX_CANDIDATE_SETS_PER_SERVICE = 64
@@ -123,6 +125,7 @@ class Registry:
         default_ttl: float = DEFAULT_TTL,
         max_instances: int = DEFAULT_MAX_INSTANCES,
         heartbeat_events: bool = False,
+        heartbeat_event_interval: float = DEFAULT_HEARTBEAT_EVENT_INTERVAL,
         lease_resolution: float = DEFAULT_RESOLUTION,
         breaker_policy: BreakerPolicy | None = None,
         inflight_timeout: float = DEFAULT_INFLIGHT_TIMEOUT,
@@ -136,6 +139,9 @@ class Registry:
         self.default_ttl = default_ttl
         self.max_instances = max_instances
         self.heartbeat_events = heartbeat_events
+        self.heartbeat_event_interval = heartbeat_event_interval
+        # When each node last had a heartbeat event, so that heartbeats cannot flood the sinks.
+        self._heartbeat_announced: dict[str, float] = {}
         self.clock = clock
         self.wall = wall
         self.rng = rng if rng is not None else random.Random()
@@ -261,11 +267,15 @@ class Registry:
         instance = self._nodes.get(node_ref) if isinstance(node_ref, str) else None
         if instance is None:
             instance = self.resolve(node_ref)
-        instance.expires_at = self.clock() + instance.ttl
+        now = self.clock()
+        instance.expires_at = now + instance.ttl
         if self.heartbeat_events:
-            self.events.publish(
-                ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id}
-            )
+            last = self._heartbeat_announced.get(instance.node_id)
+            if last is None or now - last >= self.heartbeat_event_interval:
+                self._heartbeat_announced[instance.node_id] = now
+                self.events.publish(
+                    ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id}
+                )
         return instance
 
     def deregister(self, node_ref: object) -> Instance:
@@ -560,6 +570,7 @@ class Registry:
     def _remove(self, instance: Instance) -> None:
         self._busy.discard(instance)
         self._tripped.discard(instance)
+        self._heartbeat_announced.pop(instance.node_id, None)
         del self._nodes[instance.node_id]
         self._unindex_address(instance)
         service = self._services[instance.service_name]

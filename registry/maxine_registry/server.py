@@ -40,6 +40,7 @@ class MaxineServer:
             default_ttl=settings.heartbeat_timeout,
             max_instances=settings.max_instances,
             heartbeat_events=settings.heartbeat_events,
+            heartbeat_event_interval=settings.heartbeat_event_interval,
         )
         self.operations = Operations(registry=self.registry, settings=settings)
         self.health_checker = (

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,11 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
-def setting(default: Any, *, env: str, help: str, choices: Sequence[str] | None = None) -> Any:
-    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+def setting(default: Any, *, env: str, help: str, choices: Sequence[str] | None = None, secret: bool = False) -> Any:
+    """One setting; a ``secret`` one (a password, a signing key) is never logged."""
+    return field(
+        default=default, repr=not secret, metadata={"env": env, "help": help, "choices": choices, "secret": secret}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,14 @@ class Settings:
     )
     event_history: int = setting(1000, env="EVENT_HISTORY_SIZE", help="Events kept for GET /events.")
     heartbeat_events: bool = setting(
-        False, env="HEARTBEAT_EVENTS", help="Publish a service_heartbeat event for every heartbeat (noisy)."
+        False,
+        env="HEARTBEAT_EVENTS",
+        help="Publish service_heartbeat events, at most one per node every --heartbeat-event-interval seconds.",
+    )
+    heartbeat_event_interval: float = setting(
+        10.0,
+        env="HEARTBEAT_EVENT_INTERVAL",
+        help="With heartbeat events on, the least seconds between two service_heartbeat events of one node.",
     )
     health_checks: bool = setting(
         True, env="HEALTH_CHECKS_ENABLED", help="Probe the instances that declare metadata.healthCheck."
@@ -106,13 +117,71 @@ class Settings:
     rate_limit_max_buckets: int = setting(
         100_000, env="RATE_LIMIT_MAX_BUCKETS", help="Most callers rate limiting tracks at once (least recent dropped)."
     )
+    ws_max_connections: int = setting(
+        1000, env="WS_MAX_CONNECTIONS", help="Most WebSocket event connections open at once (503 above)."
+    )
+    ws_queue_size: int = setting(
+        1000,
+        env="WS_QUEUE_SIZE",
+        help="Events queued for one WebSocket client; a client that falls further behind is closed (1013).",
+    )
+    mqtt_enabled: bool = setting(False, env="MQTT_ENABLED", help="Publish every event to an MQTT broker.")
+    mqtt_broker: str = setting(
+        "mqtt://127.0.0.1:1883", env="MQTT_BROKER", help="MQTT broker URL: mqtt://host:port or mqtts://host:port."
+    )
+    mqtt_topic: str = setting(
+        "maxine/registry/events", env="MQTT_TOPIC", help="Base topic; each event goes to <topic>/<event>."
+    )
+    mqtt_username: str = setting("", env="MQTT_USERNAME", help="MQTT user name (none by default).")
+    mqtt_password: str = setting("", env="MQTT_PASSWORD", help="MQTT password (never logged).", secret=True)
+    mqtt_queue_size: int = setting(
+        10_000,
+        env="MQTT_QUEUE_SIZE",
+        help="Events waiting for the MQTT broker; when full the oldest are dropped and counted.",
+    )
+    mqtt_reconnect_max: float = setting(
+        30.0, env="MQTT_RECONNECT_MAX", help="Longest wait, in seconds, between two attempts to reach the broker."
+    )
+
     def public(self) -> dict[str, Any]:
-        """The settings as they may be logged."""
-        return dataclasses.asdict(self)
+        """The settings as they may be logged: secrets that are set show as '***'."""
+        values = dataclasses.asdict(self)
+        for item in dataclasses.fields(self):
+            if item.metadata.get("secret") and values[item.name]:
+                values[item.name] = "***"
+        return values
 
 
 class SettingsError(ValueError):
     pass
+
+
+MQTT_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host:port`` (or ``mqtts://`` for TLS); credentials belong in their own settings, not here."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in MQTT_SCHEMES:
+        raise SettingsError(f"MQTT_BROKER must start with mqtt://, tcp:// or mqtts://, got {url!r}.")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError("MQTT_BROKER must not hold credentials; use MQTT_USERNAME and MQTT_PASSWORD.")
+    try:
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"MQTT_BROKER has an invalid port: {url!r}.") from None
+    if not parts.hostname or parts.path not in ("", "/"):
+        raise SettingsError(f"MQTT_BROKER must be scheme://host:port with nothing after it, got {url!r}.")
+    return BrokerAddress(
+        host=parts.hostname, port=port if port is not None else MQTT_SCHEMES[parts.scheme], tls=parts.scheme == "mqtts"
+    )
 
 
 def _flag(name: str) -> str:
@@ -210,6 +279,9 @@ def _check_ranges(settings: Settings) -> None:
         "max_connections",
         "proxy_max_body_bytes",
         "proxy_max_connections",
+        "ws_max_connections",
+        "ws_queue_size",
+        "mqtt_queue_size",
     ):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")
@@ -219,6 +291,15 @@ def _check_ranges(settings: Settings) -> None:
                 ipaddress.ip_network(part.strip(), strict=False)
     except ValueError as exc:
         raise SettingsError(f"TRUSTED_PROXIES holds an entry that is not an address or CIDR block: {exc}.") from None
+    if not 0 <= settings.heartbeat_event_interval <= 86400:
+        raise SettingsError(
+            f"heartbeat event interval must be from 0 to 86400 seconds, got {settings.heartbeat_event_interval}."
+        )
+    if not 0.1 <= settings.mqtt_reconnect_max <= 3600:
+        raise SettingsError(f"MQTT reconnect max must be from 0.1 to 3600 seconds, got {settings.mqtt_reconnect_max}.")
+    parse_broker_url(settings.mqtt_broker)
+    if not settings.mqtt_topic or "#" in settings.mqtt_topic or "+" in settings.mqtt_topic:
+        raise SettingsError(f"MQTT_TOPIC must be a topic without wildcards, got {settings.mqtt_topic!r}.")
     if settings.shutdown_timeout < 0:
         raise SettingsError(f"shutdown timeout must not be negative, got {settings.shutdown_timeout}.")
     for name in ("proxy_connect_timeout", "proxy_timeout"):

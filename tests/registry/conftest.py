@@ -430,3 +430,41 @@ async def raw_backends() -> AsyncIterator[Callable[[RawBehaviour], Awaitable[Raw
     yield start
     for backend in started:
         await backend.stop()
+
+
+# Apps with settings of their own (event sinks, limits), on the real clock.
+
+
+@pytest.fixture
+async def app_client() -> AsyncIterator[Callable[..., Awaitable[TestClient[object, object]]]]:
+    """
+    A factory of in-process apps over real sockets, each on its own real-clock registry.
+
+    ``start(settings, authenticator=...)`` builds the registry as ``maxine`` would from those
+    settings; an ``authenticator`` is put on the operations after the app is built, as the auth
+    feature does when auth is on. Every app is closed at teardown, which runs its cleanup.
+    """
+    clients: list[TestClient[object, object]] = []
+
+    async def start(
+        settings: Settings | None = None, *, authenticator: Authenticator | None = None
+    ) -> TestClient[object, object]:
+        settings = settings if settings is not None else Settings()
+        registry = Registry(
+            events=EventBus(history_size=settings.event_history),
+            default_ttl=settings.heartbeat_timeout,
+            heartbeat_events=settings.heartbeat_events,
+            heartbeat_event_interval=settings.heartbeat_event_interval,
+        )
+        operations = Operations(registry=registry, settings=settings)
+        app = create_app(operations)
+        if authenticator is not None:
+            operations.authenticator = authenticator
+        client: TestClient[object, object] = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from maxine_registry import mqtt
 from maxine_registry.errors import MaxineError
-from maxine_registry.http import configs, dependencies, governance, graphql, traces
+from maxine_registry.http import configs, dashboard, dependencies, governance, graphql, traces, websocket
 from maxine_registry.http.common import (
     HTTP_ERROR_CODES,
     OPERATIONS_KEY,
@@ -178,6 +179,9 @@ Feature = Callable[[web.Application, Operations], None]
 FEATURES: list[Feature] = [
     install_proxy,
     governance.setup,
+    websocket.setup,
+    dashboard.setup,
+    mqtt.setup,
     configs.setup,
     dependencies.setup,
     graphql.setup,
