@@ -12,6 +12,10 @@ twice), each reported once, starting at its alphabetically first service and clo
 it (``["a", "b", "a"]``). A graph can hold exponentially many cycles, so at most ``MAX_CYCLES`` are
 returned with a flag saying more exist; the answer is cached until the graph changes.
 
+TODO: LATER: the search runs on the event loop; at the limits (10,000 edges, ``MAX_CYCLES``
+cycles) one recomputation can take a noticeable fraction of a second, which a worker thread
+would keep off the loop.
+
 A service may not depend on itself: a self-loop says nothing about startup order or blast radius
 that the service does not already know, and refusing it keeps every reported cycle between two
 services or more. The graph is bounded (``MAX_EDGES``, ``MAX_DEPENDENCIES_PER_SERVICE``) and every

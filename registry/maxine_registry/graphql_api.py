@@ -23,6 +23,9 @@ How the contract's arguments map onto Maxine:
 
 A request is bounded before it runs: its length, its token count, the depth of its selections and
 the number of fields it selects, fragments expanded.
+
+TODO: LATER: ``services`` lists every service and node in one answer, as ``GET /servers`` does;
+a registry with very many instances wants cursor pagination there.
 """
 
 from __future__ import annotations

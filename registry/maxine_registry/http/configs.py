@@ -9,9 +9,12 @@ change of the watched scope::
     event: config_changed
     data: {"event":"config_changed","data":{...},"timestamp":...,"seq":42}
 
-The ``id`` is the event bus sequence number. A comment line goes out every ``keepalive_interval``
-seconds so that proxies keep the connection and a vanished client is noticed. A client that cannot
-keep up overflows its bounded queue, receives an ``overflow`` event, and is disconnected.
+The ``id`` is the event bus sequence number. A comment line goes out every ``keepalive`` seconds
+so that proxies keep the connection and a vanished client is noticed. A client that cannot keep
+up overflows its bounded queue, receives an ``overflow`` event, and is disconnected.
+
+TODO: LATER: honour ``Last-Event-ID`` by replaying the missed events from the bus's history ring;
+until then a client that reconnects should read ``/config/all`` again.
 
 Each open stream is registered in ``ConfigWatches``; it is unsubscribed from the event bus when the
 client goes away, and every stream is ended when the server shuts down, before aiohttp waits for
@@ -147,7 +150,8 @@ async def watch_configs(request: web.Request) -> web.StreamResponse:
         )
         await response.prepare(request)
         # The first lines tell the client the subscription is live: changes from here on reach it.
-        await response.write(f"retry: {RECONNECT_MILLISECONDS}\n: watching {service_name} {scope.view()}\n\n".encode())
+        scope_text = " ".join(f"{name}={value}" for name, value in scope.view().items())
+        await response.write(f"retry: {RECONNECT_MILLISECONDS}\n: watching {service_name} {scope_text}\n\n".encode())
         await _stream(request=request, response=response, watch=watch, timing=timing)
         return response
     finally:

@@ -1,6 +1,8 @@
 // The dependency graph page: fetches the graph and its cycles from Maxine, lays the services out with a
 // small force-directed simulation (Fruchterman-Reingold), and draws them as SVG. No library, no network
 // access beyond Maxine itself, so the page works offline and under a strict Content-Security-Policy.
+// TODO: LATER: redraw on dependency_added / dependency_removed events from the WebSocket stream;
+// until then the Refresh button reloads the graph.
 "use strict";
 
 (function () {
