@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -416,6 +416,36 @@ class Registry:
         policy.retire(version)
         self._policy_changed(service_name, policy)
         return policy
+
+    def clear_traffic(self, service_name: str) -> TrafficPolicy:
+        """Drop the service's split and retirements: discovery goes back to every version, as before any policy."""
+        policy = self._traffic.get(service_name)
+        if policy is None:
+            raise NotFound(f"Service {service_name!r} has no traffic policy.", code="traffic_not_found")
+        policy.set_distribution({})
+        policy.retired.clear()
+        self._policy_changed(service_name, policy)
+        return policy
+
+    def export_traffic(self) -> dict[str, dict[str, Any]]:
+        """Every traffic policy, by service name, as ``TrafficPolicy.view`` shows it (for backups)."""
+        return {service_name: policy.view() for service_name, policy in sorted(self._traffic.items())}
+
+    def replace_traffic(self, policies: Mapping[str, tuple[Mapping[str, float], Collection[str]]]) -> None:
+        """
+        Put these policies, (distribution, retired versions) by service, in place of all current ones.
+
+        For restores: the input must already be valid (distributions summing to 100). Each service
+        whose policy changes or goes away publishes ``traffic_changed`` as any other change does.
+        """
+        previous = set(self._traffic)
+        self._traffic = {}
+        for service_name in sorted(previous | set(policies)):
+            distribution, retired = policies.get(service_name, ({}, ()))
+            policy = self._policy(service_name)
+            policy.set_distribution(distribution)
+            policy.retired = set(retired)
+            self._policy_changed(service_name, policy)
 
     def expire_due(self) -> list[Instance]:
         """

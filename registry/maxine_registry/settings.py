@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,55 @@ class Settings:
     mqtt_reconnect_max: float = setting(
         30.0, env="MQTT_RECONNECT_MAX", help="Longest wait, in seconds, between two attempts to reach the broker."
     )
+    auth_enabled: bool = setting(
+        False, env="AUTH_ENABLED", help="Require a JSON Web Token on every route but the public ones."
+    )
+    jwt_secret: str = setting(
+        "", env="JWT_SECRET", help="HS256 signing key, at least 32 bytes; required with auth on.", secret=True
+    )
+    jwt_expires_in: str = setting(
+        "1h", env="JWT_EXPIRES_IN", help="Lifetime of a signed-in token: seconds, or a number with s, m, h or d."
+    )
+    admin_username: str = setting("admin", env="ADMIN_USERNAME", help="The admin's user name.")
+    admin_password_hash: str = setting(
+        "", env="ADMIN_PASSWORD_HASH", help="bcrypt hash of the admin's password; required with auth on.", secret=True
+    )
+    readonly_username: str = setting("readonly", env="READONLY_USERNAME", help="The read-only user's name.")
+    readonly_password_hash: str = setting(
+        "",
+        env="READONLY_PASSWORD_HASH",
+        help="bcrypt hash of the read-only user's password; without it there is no read-only user.",
+        secret=True,
+    )
+    audit_log_file: str = setting(
+        "", env="AUDIT_LOG_FILE", help="File for the audit log, one JSON line per change (no audit log by default)."
+    )
+    audit_log_max_bytes: int = setting(
+        10 * 1024 * 1024, env="AUDIT_LOG_MAX_BYTES", help="Size at which the audit log file is rotated."
+    )
+    audit_log_max_age: float = setting(
+        86400.0, env="AUDIT_LOG_MAX_AGE", help="Age, in seconds, at which the audit log file is rotated (0: never)."
+    )
+    audit_log_backups: int = setting(5, env="AUDIT_LOG_BACKUPS", help="Rotated audit log files kept.")
+    audit_heartbeats: bool = setting(
+        False, env="AUDIT_LOG_HEARTBEATS", help="Audit heartbeats and response-time reports too (noisy)."
+    )
+    http_metrics: bool = setting(
+        False,
+        env="HTTP_METRICS_ENABLED",
+        help="Count and time every request by route for Prometheus (sends every request through aiohttp).",
+    )
+    heapdump_enabled: bool = setting(
+        False, env="HEAPDUMP_ENABLED", help="Serve GET /heapdump (to admins with auth on, else to loopback only)."
+    )
+    jaeger_endpoint: str = setting(
+        "",
+        env="JAEGER_ENDPOINT",
+        help="Jaeger's OTLP/HTTP address, e.g. http://127.0.0.1:4318 (no tracing by default).",
+    )
+    max_restore_bytes: int = setting(
+        64 * 1024 * 1024, env="MAX_RESTORE_BYTES", help="Largest snapshot POST /restore accepts (413 above)."
+    )
 
     def public(self) -> dict[str, Any]:
         """The settings as they may be logged: secrets that are set show as '***'."""
@@ -154,6 +204,47 @@ class Settings:
 
 class SettingsError(ValueError):
     pass
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# What a bcrypt hash looks like: $2b$, the cost, then 53 characters of salt and digest.
+BCRYPT_HASH = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+MIN_JWT_SECRET_BYTES = 32
+
+
+def parse_duration(text: str, *, name: str) -> float:
+    """Seconds from ``3600``, ``90s``, ``30m``, ``1h`` or ``7d``; ``SettingsError`` naming ``name`` otherwise."""
+    value = text.strip().lower()
+    factor = DURATION_UNITS.get(value[-1:], 0)
+    number = value[:-1] if factor else value
+    try:
+        seconds = float(number) * (factor or 1)
+    except ValueError:
+        raise SettingsError(f"{name} must be seconds or a number with s, m, h or d, got {text!r}.") from None
+    if not 0 < seconds < float("inf"):
+        raise SettingsError(f"{name} must be more than 0 seconds, got {text!r}.")
+    return seconds
+
+
+def _check_auth(settings: Settings) -> None:
+    """With auth on, refuse to start without a strong signing key and a way for the admin to sign in."""
+    parse_duration(settings.jwt_expires_in, name="JWT_EXPIRES_IN")
+    if not settings.auth_enabled:
+        return
+    # The key's value never goes into a message: only its length.
+    if len(settings.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise SettingsError(
+            f"AUTH_ENABLED needs JWT_SECRET of at least {MIN_JWT_SECRET_BYTES} bytes; "
+            f"it has {len(settings.jwt_secret.encode())} (try: openssl rand -hex 32)."
+        )
+    if not BCRYPT_HASH.fullmatch(settings.admin_password_hash):
+        raise SettingsError(
+            "AUTH_ENABLED needs ADMIN_PASSWORD_HASH, a bcrypt hash ($2b$12$...) of the admin's password."
+        )
+    if settings.readonly_password_hash and not BCRYPT_HASH.fullmatch(settings.readonly_password_hash):
+        raise SettingsError("READONLY_PASSWORD_HASH must be a bcrypt hash ($2b$12$...).")
+    if not settings.admin_username or settings.admin_username == settings.readonly_username:
+        raise SettingsError("ADMIN_USERNAME must be set and differ from READONLY_USERNAME.")
 
 
 MQTT_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883}
@@ -310,3 +401,16 @@ def _check_ranges(settings: Settings) -> None:
     for name in ("rate_limit_burst", "rate_limit_max_buckets"):
         if getattr(settings, name) < 1:
             raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")
+    _check_auth(settings)
+    for name in ("audit_log_max_bytes", "max_restore_bytes"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")
+    if settings.audit_log_max_age < 0 or settings.audit_log_backups < 0:
+        raise SettingsError("AUDIT_LOG_MAX_AGE and AUDIT_LOG_BACKUPS must not be negative.")
+    if settings.jaeger_endpoint and not settings.jaeger_endpoint.startswith(("http://", "https://")):
+        raise SettingsError(f"JAEGER_ENDPOINT must be an http:// or https:// URL, got {settings.jaeger_endpoint!r}.")
+    if settings.jaeger_endpoint.rstrip("/").endswith("/api/traces"):
+        raise SettingsError(
+            "JAEGER_ENDPOINT names Jaeger's Thrift collector (/api/traces); Maxine sends OTLP: "
+            "give Jaeger's OTLP/HTTP address instead, e.g. http://HOST:4318."
+        )

@@ -17,12 +17,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import bcrypt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from yarl import URL
 
+from maxine_registry.auth import SERVICE
 from maxine_registry.auth_protocol import Authenticator
 from maxine_registry.events import EventBus
 from maxine_registry.health_checks import HealthChecker
@@ -30,6 +35,8 @@ from maxine_registry.http import create_app
 from maxine_registry.http.app import has_request_middleware
 from maxine_registry.http.common import OPERATIONS_KEY
 from maxine_registry.http.lightning import LightningServer
+from maxine_registry.http.tracing import install as install_tracing
+from maxine_registry.identity import ADMIN, READ_ONLY, Identity
 from maxine_registry.operations import Operations
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
@@ -468,3 +475,116 @@ async def app_client() -> AsyncIterator[Callable[..., Awaitable[TestClient[objec
     yield start
     for client in clients:
         await client.close()
+
+
+# Security and observability: auth on with a token per role, tracing into memory, a local OTLP receiver.
+
+JWT_TEST_SECRET = "a-test-signing-key-that-is-longer-than-32-bytes"
+ADMIN_PASSWORD = "correct horse battery staple"
+READER_PASSWORD = "the reader's own password"
+# bcrypt's cheapest cost: these tests check the logic, not the hashing work.
+TEST_BCRYPT_ROUNDS = 4
+
+
+@pytest.fixture(scope="session")
+def password_hashes() -> dict[str, str]:
+    """bcrypt hashes of the admin's and the reader's passwords, as ADMIN_PASSWORD_HASH and READONLY_PASSWORD_HASH."""
+    return {
+        user: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=TEST_BCRYPT_ROUNDS)).decode()
+        for user, password in (("admin", ADMIN_PASSWORD), ("readonly", READER_PASSWORD))
+    }
+
+
+@pytest.fixture
+def auth_settings(password_hashes: dict[str, str]) -> Settings:
+    return Settings(
+        max_body_bytes=4096,
+        auth_enabled=True,
+        jwt_secret=JWT_TEST_SECRET,
+        admin_password_hash=password_hashes["admin"],
+        readonly_password_hash=password_hashes["readonly"],
+    )
+
+
+@pytest.fixture
+async def auth_api(
+    app_client: Callable[..., Awaitable[TestClient[object, object]]], auth_settings: Settings
+) -> TestClient[object, object]:
+    """The full app with auth on."""
+    return await app_client(auth_settings)
+
+
+@pytest.fixture
+def tokens(auth_api: TestClient[object, object]) -> dict[str, str]:
+    """A valid token for each role (admin, read-only, service), signed by ``auth_api``'s own authenticator."""
+    authenticator = auth_api.app[OPERATIONS_KEY].authenticator
+    assert authenticator is not None
+    return {
+        role: authenticator.issue(Identity(subject=f"test-{role}", roles=frozenset({role}), verified=True))
+        for role in (ADMIN, READ_ONLY, SERVICE)
+    }
+
+
+@pytest.fixture
+def span_exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+async def traced_api(
+    registry: Registry, settings: Settings, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[TestClient[object, object]]:
+    """The full app on the fake-clock registry, its spans kept in ``span_exporter`` as each one ends."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    app = create_app(Operations(registry=registry, settings=settings))
+    install_tracing(app, tracer_provider=provider, owns_provider=False)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+    provider.shutdown()
+
+
+class OtlpReceiver:
+    """A stand-in OpenTelemetry collector on loopback: it accepts ``POST /v1/traces`` and keeps each body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.content_types: list[str] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        return f"OtlpReceiver(port={self.port}, received={len(self.bodies)})"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self._receive)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.read())
+        self.content_types.append(request.content_type)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+
+@pytest.fixture
+async def otlp_receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OtlpReceiver]:
+    """A started ``OtlpReceiver``; proxy variables are cleared so that spans go straight to it on loopback."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    receiver = OtlpReceiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()

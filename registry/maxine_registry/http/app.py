@@ -16,7 +16,20 @@ from aiohttp import web
 
 from maxine_registry import mqtt
 from maxine_registry.errors import MaxineError
-from maxine_registry.http import configs, dashboard, dependencies, governance, graphql, traces, websocket
+from maxine_registry.http import (
+    admin,
+    audit,
+    auth,
+    configs,
+    dashboard,
+    dependencies,
+    governance,
+    graphql,
+    prometheus,
+    traces,
+    tracing,
+    websocket,
+)
 from maxine_registry.http.common import (
     HTTP_ERROR_CODES,
     OPERATIONS_KEY,
@@ -112,6 +125,10 @@ async def set_traffic(request: web.Request) -> web.Response:
     return respond(request.app[OPERATIONS_KEY].set_traffic(body))
 
 
+async def clear_traffic(request: web.Request) -> web.Response:
+    return respond(request.app[OPERATIONS_KEY].clear_traffic(request.query))
+
+
 async def shift_traffic(request: web.Request) -> web.Response:
     body = await read_json(request)
     return respond(request.app[OPERATIONS_KEY].shift_traffic(body))
@@ -140,6 +157,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    # A Prometheus scraper asks for its own format; everyone else gets the contract's JSON.
+    if prometheus.wants_exposition(request):
+        return prometheus.exposition_response(request)
     return respond(request.app[OPERATIONS_KEY].metrics())
 
 
@@ -161,6 +181,7 @@ SERVICE_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/anomalies", anomalies),
     ("GET", "/traffic", traffic),
     ("POST", "/traffic/set", set_traffic),
+    ("DELETE", "/traffic", clear_traffic),
     ("POST", "/traffic/shift", shift_traffic),
     ("POST", "/version/promote", promote),
     ("POST", "/version/retire", retire),
@@ -177,6 +198,7 @@ ROOT_ROUTES: list[tuple[str, str, Handler]] = [
 # guards to the operations. Order matters only for middlewares (auth before rate limits).
 Feature = Callable[[web.Application, Operations], None]
 FEATURES: list[Feature] = [
+    auth.setup,
     install_proxy,
     governance.setup,
     websocket.setup,
@@ -186,6 +208,10 @@ FEATURES: list[Feature] = [
     dependencies.setup,
     graphql.setup,
     traces.setup,
+    audit.setup,
+    prometheus.setup,
+    tracing.setup,
+    admin.setup,
 ]
 
 
