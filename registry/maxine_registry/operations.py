@@ -269,6 +269,11 @@ class Operations:
         policy = self.registry.set_traffic(service_name, distribution)
         return ok({"serviceName": service_name, **policy.view()})
 
+    def clear_traffic(self, query: Mapping[str, str]) -> Reply:
+        service_name = validate_service_name(query.get("serviceName"))
+        self.registry.clear_traffic(service_name)
+        return ok({"serviceName": service_name, "distribution": {}, "retired": [], "deleted": True})
+
     def shift_traffic(self, body: object) -> Reply:
         document = _object(body, "serviceName, fromVersion, toVersion and percentage")
         service_name = validate_service_name(document.get("serviceName"))
