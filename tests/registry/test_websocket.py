@@ -74,6 +74,14 @@ async def ws_count(api: Client) -> int:
     return count
 
 
+async def wait_for_count(api: Client, count: int) -> None:
+    for _ in range(200):
+        if await ws_count(api) == count:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"wsConnections never became {count}.")
+
+
 async def slow_clients_dropped(api: Client) -> int:
     state = await (await api.get("/dashboard/state")).json()
     dropped: int = state["websocket"]["dropped"]
@@ -376,6 +384,18 @@ async def test_with_auth_on_a_later_bad_token_closes_the_connection(app_client: 
     assert (message.type, message.data) == (WSMsgType.CLOSE, 4401)
 
 
+async def test_with_the_real_authenticator_a_signed_in_token_opens_the_stream_at_the_root(
+    auth_api: Client, tokens: dict[str, str]
+) -> None:
+    async with auth_api.ws_connect("/") as ws:
+        reply = await send(ws, {"auth": tokens["read-only"]})
+        refreshed = await send(ws, {"refresh_token": True})
+
+    assert reply == {"type": "authenticated", "user": {"subject": "test-read-only", "roles": ["read-only"]}}
+    assert refreshed["type"] == "token_refreshed"
+    assert auth_api.app[OPERATIONS_KEY].authenticator.verify(refreshed["token"]).subject == "test-read-only"
+
+
 # Limits.
 
 
@@ -439,14 +459,6 @@ async def test_connections_above_the_limit_are_refused_with_503(app_client: AppC
     assert await ws_count(api) == 2
     await second.close()
     await third.close()
-
-
-async def wait_for_count(api: Client, count: int) -> None:
-    for _ in range(200):
-        if await ws_count(api) == count:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"wsConnections never became {count}.")
 
 
 async def test_metrics_count_the_open_connections(api: Client) -> None:

@@ -2,11 +2,12 @@
 The dashboard: one HTML page, its script and style, and the compact state it draws.
 
 Everything the page needs is served by Maxine itself (no CDN, no third-party script), from files
-packaged under ``http/static/dashboard`` and read once at start. The page asks
-``/dashboard/state`` for counters and the table of services, nodes, health and breaker states,
-seeds its event feed from ``/events``, and then follows ``/ws`` to stay live. The state is capped
-(``MAX_DASHBOARD_SERVICES``, ``MAX_DASHBOARD_NODES``) so that a huge registry cannot make one
-dashboard request expensive; counters always cover the whole registry.
+packaged under ``http/static/dashboard`` and read once at start. The page asks ``/dashboard/state``
+for counters and the table of services, nodes, health and breaker states, seeds its event feed from
+``/events``, and then follows the event WebSocket at the server root: that one is public with auth
+on, because a browser cannot send a header with a WebSocket; the token goes in the first message.
+The state is capped (``MAX_DASHBOARD_SERVICES``, ``MAX_DASHBOARD_NODES``) so that a huge registry
+cannot make one dashboard request expensive; counters always cover the whole registry.
 
 The page is sent with a strict Content-Security-Policy: its own origin only.
 """

@@ -1,7 +1,7 @@
 // The Maxine dashboard: counters, two charts, the node table and an event feed.
 //
-// The page follows the registry's event stream on /ws. Each event goes into the feed and counts
-// towards events per second; events that change the registry also schedule one refresh of
+// The page follows the registry's event stream (the WebSocket at the server root). Each event goes
+// into the feed and counts towards events per second; events that change the registry also schedule one refresh of
 // /dashboard/state, which redraws the counters and the table (a burst of events costs one
 // request). The state is polled every few seconds as well, for lease countdowns and for what
 // events do not say (WebSocket clients). With auth on, the token typed into the header is kept
@@ -57,6 +57,7 @@
   };
 
   class AuthNeeded extends Error {}
+  class Forbidden extends Error {}
 
   // Talking to the registry.
 
@@ -67,8 +68,11 @@
   async function getJson(path) {
     const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
     const response = await fetch(path, { headers, cache: "no-store" });
-    if (response.status === 401 || response.status === 403) {
+    if (response.status === 401) {
       throw new AuthNeeded(`${path} needs a valid token`);
+    }
+    if (response.status === 403) {
+      throw new Forbidden(`${path} needs a token with more rights`);
     }
     if (!response.ok) {
       throw new Error(`${path} answered ${response.status}`);
@@ -110,7 +114,9 @@
   function connect() {
     state.reconnectTimer = null;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(`${scheme}//${location.host}/ws`);
+    // The server root: it upgrades to the event stream, and it is public with auth on, as
+    // browsers cannot send an Authorization header with a WebSocket; the token is the first message.
+    const socket = new WebSocket(`${scheme}//${location.host}/`);
     state.socket = socket;
     setConnection("connecting", "connecting");
 
