@@ -98,6 +98,7 @@ class MqttPublisher:
     def queued(self) -> int:
         return len(self._queue)
 
+    # TODO: LATER: these counters are in /dashboard/state only; /metrics could carry them too.
     def view(self) -> dict[str, Any]:
         return {
             "broker": self.where,
@@ -194,6 +195,8 @@ class MqttPublisher:
                     await task
 
     async def _publish_forever(self, client: aiomqtt.Client) -> None:
+        # TODO: LATER: one message in flight at a time caps throughput at one broker round trip per
+        # event (thousands a second on a LAN); a window of in-flight messages would lift it.
         queue = self._queue
         while True:
             while not queue:

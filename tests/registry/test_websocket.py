@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from maxine_registry.errors import Unauthorized
 from maxine_registry.events import EventBus
+from maxine_registry.http import websocket
 from maxine_registry.http.common import OPERATIONS_KEY
 from maxine_registry.identity import Identity
 from maxine_registry.registration import parse_registration
@@ -346,6 +347,19 @@ async def test_with_auth_on_any_other_first_message_closes_the_connection_with_4
         message = await ws.receive(timeout=RECEIVE_TIMEOUT)
 
     assert (message.type, message.data) == (WSMsgType.CLOSE, 4401)
+
+
+async def test_with_auth_on_a_client_that_never_authenticates_is_closed_with_4401(
+    app_client: AppClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(websocket, "AUTH_TIMEOUT", 0.2)
+    api = await app_client(authenticator=StubAuthenticator())
+
+    async with api.ws_connect("/ws") as ws:
+        message = await ws.receive(timeout=RECEIVE_TIMEOUT)
+
+    assert (message.type, message.data) == (WSMsgType.CLOSE, 4401)
+    assert "No auth message" in message.extra
 
 
 async def test_with_auth_on_nothing_is_delivered_before_authentication(app_client: AppClient) -> None:

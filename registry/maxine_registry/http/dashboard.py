@@ -4,8 +4,8 @@ The dashboard: one HTML page, its script and style, and the compact state it dra
 Everything the page needs is served by Maxine itself (no CDN, no third-party script), from files
 packaged under ``http/static/dashboard`` and read once at start. The page asks ``/dashboard/state``
 for counters and the table of services, nodes, health and breaker states, seeds its event feed from
-``/events``, and then follows the event WebSocket at the server root: that one is public with auth
-on, because a browser cannot send a header with a WebSocket; the token goes in the first message.
+``/events``, and then follows the event WebSocket at the server root; with auth on, its token goes
+in the first WebSocket message, since a browser cannot send a header with a WebSocket.
 The state is capped (``MAX_DASHBOARD_SERVICES``, ``MAX_DASHBOARD_NODES``) so that a huge registry
 cannot make one dashboard request expensive; counters always cover the whole registry.
 
@@ -31,6 +31,7 @@ from maxine_registry.operations import Operations
 
 logger = logging.getLogger(__name__)
 
+# TODO: LATER: page through larger registries; past these the table shows the first ones by name.
 MAX_DASHBOARD_SERVICES = 500
 MAX_DASHBOARD_NODES = 2000
 

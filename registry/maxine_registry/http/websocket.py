@@ -194,6 +194,9 @@ class EventConnection:
         except MaxineError as error:
             logger.info("WebSocket client %s failed to authenticate: %s", self.peer, error.message)
             raise
+        # TODO: LATER: every authenticated role sees every event, and a connection outlives its
+        # token's expiry; per-role event visibility and closing at expiry need claims the
+        # Identity does not carry yet.
         if self.identity is None:
             self.consumer.subscription.resume()
         self.identity = identity

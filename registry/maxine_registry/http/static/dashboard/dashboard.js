@@ -114,8 +114,8 @@
   function connect() {
     state.reconnectTimer = null;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    // The server root: it upgrades to the event stream, and it is public with auth on, as
-    // browsers cannot send an Authorization header with a WebSocket; the token is the first message.
+    // The server root upgrades to the event stream. A browser cannot send an Authorization header
+    // with a WebSocket, so with auth on the token goes in the first message instead.
     const socket = new WebSocket(`${scheme}//${location.host}/`);
     state.socket = socket;
     setConnection("connecting", "connecting");
