@@ -41,7 +41,7 @@ import jwt
 
 from maxine_registry.errors import Unauthorized
 from maxine_registry.identity import ADMIN, READ_ONLY, Identity
-from maxine_registry.settings import Settings, parse_duration
+from maxine_registry.settings import MIN_JWT_SECRET_BYTES, Settings, SettingsError, parse_duration
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ class JwtAuthenticator:
         users: Sequence[User],
         wall: Callable[[], float] = time.time,  # injectable for tests that move time
     ) -> None:
+        # Settings refuse a short key at start; this guards code that builds an authenticator itself.
+        if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise SettingsError(f"The JWT signing key must be at least {MIN_JWT_SECRET_BYTES} bytes.")
         self._key = secret.encode()
         self.lifetime = lifetime
         self.users = tuple(users)

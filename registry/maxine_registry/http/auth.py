@@ -133,7 +133,8 @@ def required_access(method: str, pattern: str | None, *, rules: Sequence[Rule] =
     """What a request needs: the first matching rule, else read for GET and HEAD and admin for the rest."""
     if pattern is None:
         return Access.PUBLIC
-    pattern = pattern.removeprefix(SERVICEOPS_PREFIX) or "/"
+    if pattern.startswith(SERVICEOPS_PREFIX + "/"):
+        pattern = pattern[len(SERVICEOPS_PREFIX) :]
     for rule in rules:
         if rule.matches(method, pattern):
             return rule.access
