@@ -70,7 +70,9 @@ CORE_CALLS = 200_000
 TOP_FUNCTIONS = 15
 
 CORE = "registry core (Operations and below)"
-HTTP = "maxine HTTP layer (handlers, middleware, and the aiohttp calls they make)"
+HTTP = (
+    "maxine HTTP layer (maxine_registry/http: the lightning path, or handlers and middleware with their aiohttp calls)"
+)
 FRAMEWORK = "aiohttp on its own (protocol, parsing, routing, writing)"
 LOOP = "event loop and the rest"
 LAYERS = (CORE, HTTP, FRAMEWORK, LOOP)
@@ -249,6 +251,24 @@ def _time_per_call(operation: Callable[[int], object], *, calls: int) -> float:
 # Loaded runs.
 
 
+def maxine_modes() -> list[tuple[str, list[str]]]:
+    """
+    The ways to run the server worth comparing: its lean path for hot routes and plain aiohttp, if it has both.
+
+    Servers without the ``--lightning`` switch (older commits) serve everything through aiohttp.
+    """
+    help_text = subprocess.run(
+        [sys.executable, "-m", "maxine_registry", "--help"], capture_output=True, text=True, check=False, timeout=30
+    ).stdout
+    if "--no-lightning" not in help_text:
+        return [("Maxine", [])]
+    return [("Maxine, lightning path", ["--lightning"]), ("Maxine, aiohttp only", ["--no-lightning"])]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 @dataclass(frozen=True, slots=True)
 class LoadScenario:
     name: str
@@ -294,11 +314,10 @@ def profile_under_load(
     pinning: Pinning,
     rate: int,
     native: bool,
-    out_dir: Path,
+    raw_path: Path,
 ) -> None:
     """The same load again, with py-spy on the load CPU sampling the server; fills in ``run.profile``."""
     progress(f"{run.name}: profiling with py-spy for {settings.duration:g}s.")
-    raw_path = out_dir / f"{scenario.script.removesuffix('.lua')}.raw.txt"
     argv = wrk_command(
         url=server.url + scenario.path,
         script=scenario.script,
@@ -350,7 +369,7 @@ def render(references: list[LoadedRun], runs: list[LoadedRun], core: dict[str, f
         f"py-spy at {meta['rate']} Hz{' with native frames' if meta['native'] else ''}",
         f"  raw py-spy stacks: {meta['out_dir']}",
         "",
-        "Server CPU per request (from /proc, unprofiled runs; the server's CPU is saturated in each):",
+        "Server CPU per request (from /proc, unprofiled; the ceiling outruns wrk, every other server is saturated):",
         f"  {'run':<45} {'req/s':>8} {'CPU us':>7} {'user':>6} {'kernel':>6}",
     ]
     by_scenario = sorted([*references, *runs], key=lambda run: run.name.split(" -> ")[0])
@@ -422,34 +441,39 @@ def main(argv: list[str] | None = None) -> int:
                 "ceiling": group.start_script("ceiling", "ceiling.py"),
                 "bare aiohttp": group.start_script("bare-aiohttp", "bare_aiohttp.py"),
             }
-            maxine = group.start_maxine("maxine-hotpath")
-            progress(f"Registering {layout.services} services x {layout.per_service} instances.")
-            populate(base_url=maxine.url, registrations=layout.registrations(), concurrency=64, time_limit=120)
+            maxines: dict[str, Server] = {}
+            for mode, flags in maxine_modes():
+                maxines[mode] = group.start_maxine(f"maxine-{slug(mode)}", *flags)
+                progress(f"{mode}: registering {layout.services} services x {layout.per_service} instances.")
+                populate(
+                    base_url=maxines[mode].url, registrations=layout.registrations(), concurrency=64, time_limit=120
+                )
             for scenario in load_scenarios(layout):
                 # The reference servers answer any request, so they take the very same request stream.
                 for label, server in servers.items():
-                    name = f"{scenario.name} requests -> {label}"
+                    name = f"{scenario.name} -> {label}"
                     references.append(
                         measure_cpu(name=name, server=server, scenario=scenario, settings=settings, pinning=pinning)
                     )
-                run = measure_cpu(
-                    name=f"{scenario.name} -> Maxine",
-                    server=maxine,
-                    scenario=scenario,
-                    settings=settings,
-                    pinning=pinning,
-                )
-                profile_under_load(
-                    run,
-                    server=maxine,
-                    scenario=scenario,
-                    settings=settings,
-                    pinning=pinning,
-                    rate=args.rate,
-                    native=args.native,
-                    out_dir=out_dir,
-                )
-                runs.append(run)
+                for mode, maxine in maxines.items():
+                    run = measure_cpu(
+                        name=f"{scenario.name} -> {mode}",
+                        server=maxine,
+                        scenario=scenario,
+                        settings=settings,
+                        pinning=pinning,
+                    )
+                    profile_under_load(
+                        run,
+                        server=maxine,
+                        scenario=scenario,
+                        settings=settings,
+                        pinning=pinning,
+                        rate=args.rate,
+                        native=args.native,
+                        raw_path=out_dir / f"{slug(run.name)}.raw.txt",
+                    )
+                    runs.append(run)
     except KeyboardInterrupt:
         progress("Interrupted; the server has been stopped.")
         return 130

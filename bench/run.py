@@ -9,7 +9,7 @@ the scripts in ``wrk/``: discover (rotating over all 1000 services), heartbeat (
 3000 instances) and register (a new instance every request).
 
 Two more measurements run on fresh servers so that nothing from the load runs blurs them:
-- memory: the registry's resident set before and after registering 100,000 instances;
+- memory: the registry's resident set empty, with 100,000 instances, and once each was discovered;
 - expiry: instances with 1-2 s leases that never heartbeat; how long after its lease ended each
   one's ``service_unhealthy`` event appears on ``GET /events``.
 
@@ -111,6 +111,8 @@ class SuiteConfig:
     rounds: int
     memory_instances: int
     expiry_instances: int
+    # Extra flags for the Maxine under load (the memory and expiry servers use the defaults).
+    maxine_args: tuple[str, ...] = ()
 
 
 # Throughput.
@@ -180,7 +182,7 @@ def run_throughput(group: ProcessGroup, *, config: SuiteConfig) -> list[Scenario
     servers = {
         "ceiling": group.start_script("ceiling", "ceiling.py"),
         "bare-aiohttp": group.start_script("bare-aiohttp", "bare_aiohttp.py"),
-        "maxine": group.start_maxine("maxine-throughput"),
+        "maxine": group.start_maxine("maxine-throughput", *config.maxine_args),
     }
     maxine_url = servers["maxine"].url
 
@@ -510,6 +512,7 @@ def render(report: Report) -> str:
         f"  server code: {meta['source']}",
         f"  CPU busy with other work just before the run: {meta['busy_before_start']:.0%}",
         f"  discover: {meta['discover']}",
+        f"  Maxine under load started with: {meta['maxine_args']}",
         f"  command: {meta['command']}",
         "",
         "Throughput and latency: the best round of each run (latencies from that round); median over rounds beside it.",
@@ -586,6 +589,7 @@ def describe_environment(
         "source": source_revision(),
         "command": " ".join(["python", *argv]),
         "discover": "rotating over all 1000 services (bench/wrk/discover.lua)",
+        "maxine_args": " ".join(config.maxine_args) or "(defaults)",
     }
 
 
@@ -620,6 +624,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--load-cpu", type=int, default=DEFAULT_LOAD_CPU, help="CPU for wrk and the client (default 1)."
     )
     parser.add_argument("--no-pin", action="store_true", help="Do not pin processes to CPUs.")
+    parser.add_argument(
+        "--maxine-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="An extra command-line argument for the Maxine under load (repeatable), e.g. --maxine-arg=--no-lightning.",
+    )
     args = parser.parse_args(argv)
     if args.duration is not None and not 1 <= args.duration <= 600:
         parser.error(f"--duration must be from 1 to 600 seconds, got {args.duration:g}.")
@@ -627,6 +638,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--connections must be from 1 to 10000, and --threads from 1 to the number of connections.")
     if args.rounds is not None and not 1 <= args.rounds <= MAX_ROUNDS:
         parser.error(f"--rounds must be from 1 to {MAX_ROUNDS}, got {args.rounds}.")
+    rounds = args.rounds if args.rounds is not None else DEFAULT_ROUNDS
+    try:
+        register_octet(round_index=rounds - 1, warmup=True, threads=args.threads)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -640,6 +656,7 @@ def build_config(args: argparse.Namespace) -> SuiteConfig:
         rounds=args.rounds if args.rounds is not None else (1 if quick else DEFAULT_ROUNDS),
         memory_instances=QUICK_MEMORY_INSTANCES if quick else MEMORY_INSTANCES,
         expiry_instances=QUICK_EXPIRY_INSTANCES if quick else EXPIRY_INSTANCES,
+        maxine_args=tuple(args.maxine_arg),
     )
 
 
