@@ -25,6 +25,7 @@ from maxine_registry.http import (
     dependencies,
     governance,
     graphql,
+    mesh,
     prometheus,
     traces,
     tracing,
@@ -212,6 +213,7 @@ FEATURES: list[Feature] = [
     prometheus.setup,
     tracing.setup,
     admin.setup,
+    mesh.setup,
 ]
 
 
