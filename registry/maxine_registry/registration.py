@@ -14,8 +14,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from maxine_registry.errors import InvalidInput, PayloadTooLarge
 from maxine_registry.health_checks import HealthCheckSpec
 from maxine_registry.model import (
@@ -24,6 +22,7 @@ from maxine_registry.model import (
     MAX_VERSION_LENGTH,
     MAX_WEIGHT,
     MIN_WEIGHT,
+    compact_json,
     intern_tags,
     normalize_host,
     validate_port,
@@ -107,7 +106,7 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
     if not isinstance(metadata, dict):
         raise InvalidInput(f"metadata must be a JSON object, got {type(metadata).__name__}.")
     try:
-        metadata_json = orjson.dumps(metadata)
+        metadata_json = compact_json(metadata)
     except TypeError as exc:  # only reachable from non-JSON transports; JSON input always re-encodes
         raise InvalidInput(f"metadata cannot be encoded as JSON: {exc}.") from None
     if len(metadata_json) > max_metadata_bytes:
