@@ -211,6 +211,16 @@ def require_binary(name: str, *, hint: str) -> str:
     return path
 
 
+def require_path(path: Path, *, hint: str) -> Path:
+    """A file or folder a test needs (reference data beside the clone); skip without it, fail under CI=true."""
+    if not path.exists():
+        message = f"{path} is missing; {hint}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Return once something accepts connections on the loopback port; raise if it does not in time."""
     deadline = time.monotonic() + timeout
