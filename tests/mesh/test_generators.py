@@ -11,6 +11,7 @@ from maxine_registry.mesh import (
     EnvoyOptions,
     KubernetesOptions,
     MeshState,
+    build_mesh_state,
     gateway_api_resources,
     istio_resources,
     linkerd_resources,
@@ -26,6 +27,7 @@ from tests.mesh.conftest import (
     deny_by_default,
     governance_with,
     register,
+    retired,
     split_100,
     wildcard_intentions,
 )
@@ -38,8 +40,6 @@ def by_kind(resources: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def canary_state(**mesh: Any) -> MeshState:
-    from maxine_registry.mesh import build_mesh_state
-
     registry = Registry()
     register(registry, "orders", "10.0.0.1", 8080, version="v1", mesh=mesh or None)
     register(registry, "orders", "10.0.0.2", 8080, version="v2")
@@ -78,8 +78,6 @@ def test_istio_splits_by_version_subset_with_the_metadata_retries_and_timeout() 
 
 
 def test_istio_routes_around_retired_versions_and_answers_503_when_none_is_left() -> None:
-    from tests.mesh.conftest import retired
-
     resources = istio_resources(retired(), OPTIONS)
     routes = {item["metadata"]["name"]: item["spec"]["http"][0] for item in by_kind(resources, "VirtualService")}
     subsets = {
@@ -264,8 +262,6 @@ def test_envoy_leaves_out_blacklisted_services_and_unhealthy_instances() -> None
     sick = registry.get_instance("orders:10.0.0.3:80")
     assert sick is not None
     registry.set_health(sick, healthy=False, reason="test")
-    from maxine_registry.mesh import build_mesh_state
-
     state = build_mesh_state(registry=registry, governance=governance_with(blacklist=("legacy",)))
     clusters = static_bootstrap(state, EnvoyOptions())["static_resources"]["clusters"]
 
