@@ -155,3 +155,13 @@ async def test_xds_takes_requests_as_large_as_envoys_and_refuses_bad_ones(mesh_a
     assert (unknown.status, (await unknown.json())["code"]) == (400, "invalid_input")
     assert (not_json.status, (await not_json.json())["code"]) == (400, "invalid_json")
     assert too_large.status == 413
+
+
+async def test_xds_endpoints_of_one_service_stay_unchanged_when_another_changes(mesh_api: Client) -> None:
+    await register(mesh_api, "orders", "10.0.0.1", 8080)
+    _, before = await poll(mesh_api, "endpoints", names=["orders"])
+
+    await register(mesh_api, "billing", "10.0.0.2", 8080)
+
+    assert (await poll(mesh_api, "endpoints", version=before["version_info"], names=["orders"]))[0] == 304
+    assert (await poll(mesh_api, "clusters", version=before["version_info"]))[0] == 200

@@ -8,7 +8,8 @@ of ``maxine_registry.mesh`` and renders the result. Kubernetes resources come as
 xDS (``POST /v3/discovery:{clusters,endpoints,listeners,routes}``) is polled by every Envoy about
 once a second per resource type and per EDS cluster. Answers are kept in a small cache keyed on
 what they depend on (the registry revision, the blacklist, the Envoy's options and the names it
-asks for), so polls between two changes cost a dictionary lookup; a poll whose ``version_info``
+asks for), so polls between two changes cost a dictionary lookup, and the polls after a change
+share one snapshot; a poll whose ``version_info``
 is already the current version gets 304 and no body, which Envoy takes as "nothing new".
 
 The feature also adds ``metadata.mesh`` validation to registrations, so a malformed setting is
@@ -55,6 +56,8 @@ MAX_XDS_CACHE_ENTRIES = 1024
 MAX_NODE_ID_LENGTH = 128
 XdsKey = tuple[str, int, tuple[str, ...], envoy.EnvoyOptions, tuple[str, ...]]
 XDS_CACHE_KEY = web.AppKey("mesh_xds_cache", dict[XdsKey, tuple[str, bytes]])
+# The last snapshot xDS built, by (revision, blacklist): one entry at most.
+XDS_STATE_KEY = web.AppKey("mesh_xds_state", dict[tuple[int, tuple[str, ...]], MeshState])
 
 
 def mesh_state(request: web.Request) -> MeshState:
@@ -131,6 +134,24 @@ async def smi_config(request: web.Request) -> web.Response:
 # xDS.
 
 
+def xds_state(request: web.Request, *, blacklist: tuple[str, ...]) -> MeshState:
+    """
+    The snapshot xDS answers from, built once per registry revision and blacklist.
+
+    Every EDS cluster polls on its own, so after a change many polls arrive for one state; they
+    share one snapshot. What Envoy is told depends on nothing else (it gets no access rules).
+    """
+    registry = request.app[OPERATIONS_KEY].registry
+    cached = request.app[XDS_STATE_KEY]
+    key = (registry.revision, blacklist)
+    state = cached.get(key)
+    if state is None:
+        state = mesh_state(request)
+        cached.clear()
+        cached[key] = state
+    return state
+
+
 async def read_discovery_request(request: web.Request) -> object:
     """The decoded body, read past the API's body limit up to ``MAX_XDS_REQUEST_BYTES``."""
     too_large = PayloadTooLarge(f"A DiscoveryRequest may be at most {MAX_XDS_REQUEST_BYTES} bytes.")
@@ -171,9 +192,9 @@ async def discovery(request: web.Request) -> web.Response:
     cache = request.app[XDS_CACHE_KEY]
     answer = cache.get(key)
     if answer is None:
-        state = build_mesh_state(registry=registry, governance=governance)
+        state = xds_state(request, blacklist=blacklist)
         resources = envoy.xds_resources(state, type_url=type_url, request=discovery_request)
-        version = envoy.resource_version(resources, revision=state.revision)
+        version = envoy.resource_version(state, resources, type_url=type_url)
         body = orjson.dumps(envoy.discovery_response(resources, type_url=type_url, version=version))
         if len(cache) >= MAX_XDS_CACHE_ENTRIES:
             cache.clear()
@@ -199,6 +220,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 def setup(app: web.Application, operations: Operations) -> None:
     app[XDS_CACHE_KEY] = {}
+    app[XDS_STATE_KEY] = {}
     operations.registration_guards.append(validate_mesh_metadata)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

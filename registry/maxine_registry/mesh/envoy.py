@@ -22,7 +22,7 @@ Maxine's own rules become Envoy's:
   weighted strategies, since the others ignore weights in Maxine too.
 
 Live configuration uses Envoy's REST-JSON xDS: Envoy polls ``POST /v3/discovery:<type>`` with a
-``DiscoveryRequest``. ``version_info`` is the registry revision and a digest of the resources,
+``DiscoveryRequest``. ``version_info`` is a registry revision and a digest of the resources,
 so a poll that finds nothing new gets 304 and Envoy keeps what it has. The dynamic bootstrap
 passes the listener's address and port and the poll interval in the node's metadata, so the
 answers for one Envoy depend on nothing but the registry and that Envoy's own bootstrap.
@@ -480,14 +480,19 @@ def xds_resources(state: MeshState, *, type_url: str, request: DiscoveryRequest)
     raise InvalidInput(f"Unknown xDS resource type {type_url!r}; expected one of {sorted(XDS_TYPES.values())}.")
 
 
-def resource_version(resources: list[dict[str, Any]], *, revision: int) -> str:
+def resource_version(state: MeshState, resources: list[dict[str, Any]], *, type_url: str) -> str:
     """
-    ``version_info``: the registry revision, and a digest of the resources themselves.
+    ``version_info``: a registry revision, and a digest of the resources themselves.
 
-    The revision says when; the digest makes the version change exactly when the answer does,
-    whatever changed it (a blacklist does not move the revision) and across registry restarts,
-    which start revisions over.
+    The revision says when: the registry's, or for endpoints the last change of the services
+    asked for, so that a change elsewhere does not resend every cluster's endpoints. The digest
+    makes the version change exactly when the answer does, whatever changed it (a blacklist does
+    not move the revision) and across registry restarts, which start revisions over.
     """
+    revision = state.revision
+    if type_url == TYPE_ENDPOINTS:
+        names = {parse_cluster_name(item["cluster_name"])[0] for item in resources}
+        revision = max((service.revision for service in state.services if service.name in names), default=0)
     digest = hashlib.sha256(orjson.dumps(resources, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
     return f"{revision}-{digest}"
 

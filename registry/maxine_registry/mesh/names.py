@@ -18,7 +18,10 @@ never changes because another service came or went, and generating twice gives t
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+
+logger = logging.getLogger(__name__)
 
 MAX_LABEL_LENGTH = 63
 MAX_SUBDOMAIN_LENGTH = 253
