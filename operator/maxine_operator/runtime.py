@@ -4,13 +4,15 @@ Running the operator: one coroutine that wires the configuration, the handlers a
 ``run_operator`` is what ``maxine-operator`` runs and what the tests run (as a task, against the
 Kubernetes emulator): the same handlers, settings and lifecycle either way. ``login`` replaces the
 default login (service account, else kubeconfig) and ``stop_flag``/``ready_flag`` are kopf's, for
-embedding; the command line leaves them unset.
+embedding (asyncio events in the operator's loop, or threading events
+from another thread); the command line leaves them unset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import kopf
 
@@ -24,8 +26,8 @@ async def run_operator(
     config: OperatorConfig,
     *,
     login: LoginFn | None = None,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
     """Run until stopped (a signal, or ``stop_flag``); the registry client and the watchdog close on the way out."""
     state = OperatorState(config)

@@ -9,25 +9,27 @@ watch streams, finalizers and status patches well enough for kopf, once two thin
 - objects get what an API server would give them: ``uid``, ``resourceVersion`` (bumped on every
   write, and checked by the ``test`` operation of JSON patches, which kopf uses for finalizers),
   ``generation`` (bumped when ``spec`` changes), ``creationTimestamp``, and a name from
-  ``generateName`` (kopf's Events use it). ``MaxineEmulator`` does that.
+  ``generateName`` (kopf's Events use it). Lists carry the resource version they show, and a watch
+  from that version skips what the list had, as an API server does (otherwise kopf sees each
+  object twice at start and races itself on the finalizer). ``MaxineEmulator`` does that.
 
 The emulator neither validates schemas nor collects garbage: the schema tests cover the first, and
 owner references are asserted directly for the second.
 
 ``operator_runner`` starts ``run_operator`` as a task in the test's loop, logged in to the
 emulator and pointed at a registry; the test talks to both through ``Cluster`` and
-``RegistryView``. ``eventually`` polls an assertion until a deadline, for what the operator does
-asynchronously.
+``RegistryView``. ``crd_validator`` (the mesh tests' fixture) checks emitted mesh objects against
+the upstream CRD schemas in ``shared/schemas``. ``eventually`` polls an assertion until a deadline,
+for what the operator does asynchronously.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import itertools
-import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -45,6 +47,9 @@ from maxine_operator import crds
 from maxine_operator.config import OperatorConfig
 from maxine_operator.runtime import run_operator
 from tests.conftest import MaxineProcess, MaxineProcessFactory
+
+# The mesh tests' validator of objects against the upstream CRDs, shared as a fixture here.
+from tests.mesh.conftest import CrdValidator, crd_validator  # noqa: F401
 
 # How long the registry may take to follow a change of a resource.
 FOLLOW_DEADLINE = 2.0
@@ -93,6 +98,24 @@ class MaxineEmulator(kmock.KubernetesEmulator):
         if request.resource is not None:
             self._stamp(request)
         return await super()._handle(request)
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        # A list says which version it shows, so that a watch from there skips what the list had.
+        payload = await super()._serve_list(request)
+        versions = [int(item["metadata"]["resourceVersion"]) for item in payload["items"] if "metadata" in item]
+        payload["metadata"]["resourceVersion"] = str(max(versions, default=0))
+        return payload
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        # As an API server does: a watch from a version sends nothing that version already held.
+        since_text = request.params.get("resourceVersion") or ""
+        since = int(since_text) if since_text.isdigit() else 0
+        async for item in super()._serve_watch(request):
+            if isinstance(item, dict) and item.get("type") == "ADDED":
+                version = str(item.get("object", {}).get("metadata", {}).get("resourceVersion", ""))
+                if version.isdigit() and int(version) <= since:
+                    continue
+            yield item
 
     def _current(self, request: kmock.Request) -> Any:
         key = (request.resource, request.namespace, request.name)
@@ -250,23 +273,6 @@ def load_example(name: str) -> dict[str, Any]:
     return document
 
 
-def shared_schemas_dir() -> Path:
-    """``<repo>/../shared/schemas``: upstream CRD schemas of the meshes."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
-
-
-def require_shared_schemas() -> Path:
-    folder = shared_schemas_dir()
-    if not folder.is_dir():
-        message = (
-            f"The upstream mesh CRD schemas are not at {folder}; put the project's shared/ folder beside the repo."
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return folder
-
-
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
     """The emulated API server with every kind the operator uses, mesh kinds included."""
@@ -313,6 +319,44 @@ def registry_view(registry: MaxineProcess, registry_session: aiohttp.ClientSessi
 OperatorRunner = Callable[..., Awaitable[OperatorConfig]]
 
 
+class OperatorThread:
+    """
+    One operator in a thread of its own, with its own event loop.
+
+    kopf treats every task started after it as its own and cancels what is left when it stops;
+    in a loop of its own it cannot mistake the test's tasks (pytest-asyncio's fixtures) for them.
+    """
+
+    def __init__(self, *, config: OperatorConfig, login: Callable[..., kopf.ConnectionInfo]) -> None:
+        self.config = config
+        self.login = login
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="maxine-operator-under-test", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(
+                run_operator(self.config, login=self.login, stop_flag=self.stop_flag, ready_flag=self.ready_flag)
+            )
+        except BaseException as exc:
+            self.error = exc
+
+    async def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + OPERATOR_START_TIMEOUT
+        while not self.ready_flag.is_set():
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"The operator did not get ready: {self.error!r}")
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def stop(self) -> None:
+        self.stop_flag.set()
+        await asyncio.to_thread(self.thread.join, OPERATOR_STOP_TIMEOUT)
+        assert not self.thread.is_alive(), "The operator did not stop in time."
+
+
 @pytest.fixture
 async def operator_runner(cluster: Cluster) -> AsyncIterator[OperatorRunner]:
     """
@@ -321,7 +365,7 @@ async def operator_runner(cluster: Cluster) -> AsyncIterator[OperatorRunner]:
     Test-sized defaults: short resync and retry delays, a fast health poll. Stopped at teardown.
     Cluster-wide: the emulator cannot serve the namespace list that kopf watches for namespaced operators.
     """
-    running: list[tuple[asyncio.Task[None], asyncio.Event]] = []
+    running: list[OperatorThread] = []
 
     async def start(**overrides: Any) -> OperatorConfig:
         options: dict[str, Any] = {
@@ -334,26 +378,18 @@ async def operator_runner(cluster: Cluster) -> AsyncIterator[OperatorRunner]:
         }
         options.update(overrides)
         config = OperatorConfig(**options)
-        stop, ready = asyncio.Event(), asyncio.Event()
 
         def login(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=cluster.url, insecure=True)
 
-        task = asyncio.create_task(run_operator(config, login=login, stop_flag=stop, ready_flag=ready))
-        running.append((task, stop))
-        done, _ = await asyncio.wait(
-            [task, asyncio.ensure_future(ready.wait())],
-            timeout=OPERATOR_START_TIMEOUT,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if task in done:
-            task.result()  # raises what stopped it
-        assert ready.is_set(), "The operator did not get ready in time."
+        operator = OperatorThread(config=config, login=login)
+        running.append(operator)
+        await operator.start()
         return config
 
     yield start
 
-    for task, stop in running:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=OPERATOR_STOP_TIMEOUT)
+    for operator in running:
+        await operator.stop()
+    errors = [operator.error for operator in running if operator.error is not None]
+    assert not errors, f"The operator failed: {errors!r}"
