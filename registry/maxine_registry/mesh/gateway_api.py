@@ -7,7 +7,8 @@ Each service gets one HTTPRoute attached to its own Kubernetes Service (``parent
 - to the Service itself when every instance may serve;
 - to one Service per version, ``<service>-<version>``, weighted as ``model.routing_plan`` says,
   when there is a split or a retired version. Those per-version Services select
-  ``app: <service>, version: <version>`` and must exist in the cluster;
+  ``app: <service>, version: <version>`` and must exist in the cluster (TODO: LATER: generate them
+  too, once the operator owns Services; until then they are the user's to create);
 - nowhere when nothing may serve: a rule without backends, which the mesh answers with 500.
 
 Gateway API allows at most ``MAX_BACKENDS`` backends in a rule. A split over more versions keeps
