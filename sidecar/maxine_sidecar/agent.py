@@ -252,14 +252,15 @@ class Sidecar:
             await keeper.stop()
         if not self._maybe_registered:
             return True
-        self._maybe_registered = False
 
         node_id = keeper.registration.node_id if keeper is not None else self.settings.node_id
         facts = {"nodeId": node_id, "why": why}
+        gone = False
         try:
             async with asyncio.timeout(budget):
                 await self._client.deregister(node_id)
         except NotRegistered:
+            gone = True
             logger.info("Node %s was already gone from the registry.", node_id, extra=facts)
         except TimeoutError:
             logger.warning(
@@ -267,17 +268,19 @@ class Sidecar:
                 node_id,
                 extra={**facts, "budget": budget},
             )
-            return False
         except MaxineError as exc:
             logger.warning(
                 "Node %s could not be deregistered; its lease will run out instead.",
                 node_id,
                 extra={**facts, "error": str(exc)},
             )
-            return False
         else:
+            gone = True
             logger.info("Node %s is deregistered.", node_id, extra=facts)
-        return True
+
+        # Settled either way. Not so when cancelled halfway: then stop() must still deregister the node.
+        self._maybe_registered = False
+        return gone
 
     # State.
 
