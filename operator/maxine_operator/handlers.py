@@ -463,7 +463,7 @@ def _register_webhook(registry: kopf.OperatorRegistry, state: OperatorState) -> 
         "pods",
         registry=registry,
         id=WEBHOOK_ID,
-        operation="CREATE",
+        operations={"CREATE"},
         annotations={webhook.INJECT_ANNOTATION: "true"},
     )
     def inject_sidecar(*, body: kopf.Body, patch: kopf.Patch, warnings: list[str], **_: Any) -> None:
