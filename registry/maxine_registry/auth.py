@@ -36,9 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import bcrypt
-import jwt
-
 from maxine_registry.errors import Unauthorized
 from maxine_registry.identity import ADMIN, READ_ONLY, Identity
 from maxine_registry.settings import MIN_JWT_SECRET_BYTES, Settings, SettingsError, parse_duration
@@ -93,6 +90,7 @@ class JwtAuthenticator:
         users: Sequence[User],
         wall: Callable[[], float] = time.time,  # injectable for tests that move time
     ) -> None:
+        import bcrypt  # noqa: PLC0415 - loaded only when auth is on
         # Settings refuse a short key at start; this guards code that builds an authenticator itself.
         if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise SettingsError(f"The JWT signing key must be at least {MIN_JWT_SECRET_BYTES} bytes.")
@@ -121,6 +119,7 @@ class JwtAuthenticator:
 
     def issue(self, identity: Identity, *, lifetime: float | None = None) -> str:
         """A signed token for ``identity``, valid for ``lifetime`` seconds (the configured one by default)."""
+        import jwt  # noqa: PLC0415 - loaded only when auth is on
         now = int(self._wall())
         claims = {
             "sub": identity.subject,
@@ -150,6 +149,7 @@ class JwtAuthenticator:
         return exp
 
     def _claims(self, token: str) -> dict[str, Any]:
+        import jwt  # noqa: PLC0415 - loaded only when auth is on
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
             raise _invalid_token("The token is missing, not a string, or too large to be a Maxine token.")
 
@@ -226,6 +226,7 @@ def _bcrypt_cost(password_hash: bytes) -> int:
 
 
 def _check_password(password: bytes, password_hash: bytes) -> bool:
+    import bcrypt  # noqa: PLC0415 - loaded only when auth is on
     try:
         return bcrypt.checkpw(password, password_hash)
     except ValueError:  # a malformed hash is a failed check, never a crash

@@ -152,36 +152,3 @@ def render(collectors: CollectorRegistry, *, accept: str | None) -> tuple[bytes,
     """The exposition in the format ``accept`` asks for (OpenMetrics or text 0.0.4) and its content type."""
     encoder, content_type = choose_encoder(accept or "")
     return encoder(collectors), content_type
-
-
-def _quality(accept: str, wanted: tuple[str, ...]) -> float:
-    best = 0.0
-    for item in accept.split(","):
-        media_type, *parameters = (part.strip() for part in item.split(";"))
-        if media_type.lower() not in wanted:
-            continue
-        quality = 1.0
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        best = max(best, quality)
-    return best
-
-
-def prefers_exposition(accept: str | None) -> bool:
-    """
-    Does an Accept header prefer Prometheus text or OpenMetrics to JSON?
-
-    A scraper sends ``application/openmetrics-text;...;q=0.5,text/plain;...;q=0.3,*/*;q=0.2``:
-    its best Prometheus type beats what it would give JSON (``*/*``). A browser, curl, or a
-    client that names JSON keeps the contract's JSON; a tie goes to JSON too.
-    """
-    if not accept:
-        return False
-    exposition = _quality(accept, ("text/plain", "application/openmetrics-text"))
-    json = max(_quality(accept, ("application/json",)), _quality(accept, ("*/*", "application/*")))
-    return exposition > json

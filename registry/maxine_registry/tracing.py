@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from typing import TYPE_CHECKING
 
 from maxine_registry import __version__
 from maxine_registry.settings import TRUE_WORDS, Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ class TracingConfig:
 
 
 def build_tracer_provider(config: TracingConfig) -> TracerProvider:
+    # The SDK is loaded only when tracing is on: a registry without it pays no memory for it.
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter  # noqa: PLC0415
+
     """A tracer provider of its own (not the global one) that exports as ``config`` says."""
     resource = Resource.create({"service.name": config.service_name, "service.version": __version__})
     provider = TracerProvider(resource=resource)

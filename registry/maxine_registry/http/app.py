@@ -10,11 +10,11 @@ receives an HTML error page or a traceback.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from aiohttp import web
 
-from maxine_registry import mqtt
 from maxine_registry.errors import MaxineError
 from maxine_registry.http import (
     admin,
@@ -28,7 +28,6 @@ from maxine_registry.http import (
     mesh,
     prometheus,
     traces,
-    tracing,
     websocket,
 )
 from maxine_registry.http.common import (
@@ -43,6 +42,7 @@ from maxine_registry.http.common import (
 )
 from maxine_registry.http.proxy import install_proxy
 from maxine_registry.operations import Operations
+from maxine_registry.tracing import TracingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +195,22 @@ ROOT_ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
+def _mqtt(app: web.Application, operations: Operations) -> None:
+    # MQTT's client library is loaded only when publishing is on.
+    if operations.settings.mqtt_enabled:
+        from maxine_registry import mqtt  # noqa: PLC0415
+
+        mqtt.setup(app, operations)
+
+
+def _tracing(app: web.Application, operations: Operations) -> None:
+    # OpenTelemetry is loaded only when tracing is configured; off, it costs neither time nor memory.
+    if TracingConfig.from_environment(settings=operations.settings, environ=os.environ).enabled:
+        from maxine_registry.http import tracing  # noqa: PLC0415
+
+        tracing.setup(app, operations)
+
+
 # Each feature module adds its routes, middlewares, startup and cleanup to the app, and its
 # guards to the operations. Order matters only for middlewares (auth before rate limits).
 Feature = Callable[[web.Application, Operations], None]
@@ -204,14 +220,14 @@ FEATURES: list[Feature] = [
     governance.setup,
     websocket.setup,
     dashboard.setup,
-    mqtt.setup,
+    _mqtt,
     configs.setup,
     dependencies.setup,
     graphql.setup,
     traces.setup,
     audit.setup,
     prometheus.setup,
-    tracing.setup,
+    _tracing,
     admin.setup,
     mesh.setup,
 ]

@@ -26,7 +26,6 @@ from maxine_registry.breakers import CLOSED
 from maxine_registry.http.common import JSON, OPERATIONS_KEY
 from maxine_registry.http.websocket import HUB_KEY
 from maxine_registry.model import Instance
-from maxine_registry.mqtt import MQTT_KEY
 from maxine_registry.operations import Operations
 
 logger = logging.getLogger(__name__)
@@ -142,12 +141,15 @@ class Dashboard:
 
     async def state(self, request: web.Request) -> web.Response:
         hub = request.app.get(HUB_KEY)
-        publisher = request.app.get(MQTT_KEY)
-        state = dashboard_state(
-            request.app[OPERATIONS_KEY],
-            websocket=hub.view() if hub is not None else None,
-            mqtt=publisher.view() if publisher is not None else None,
-        )
+        operations = request.app[OPERATIONS_KEY]
+        mqtt = None
+        if operations.settings.mqtt_enabled:
+            # The MQTT module (and its client library) is loaded only where publishing is on.
+            from maxine_registry.mqtt import MQTT_KEY  # noqa: PLC0415
+
+            publisher = request.app.get(MQTT_KEY)
+            mqtt = publisher.view() if publisher is not None else None
+        state = dashboard_state(operations, websocket=hub.view() if hub is not None else None, mqtt=mqtt)
         return web.Response(body=orjson.dumps(state), content_type=JSON, headers={"Cache-Control": "no-store"})
 
 

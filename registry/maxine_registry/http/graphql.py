@@ -14,17 +14,44 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from maxine_registry.graphql_api import GraphQLApi, GraphQLReply, RequestContext, request_error
 from maxine_registry.http.common import JSON, Handler, read_json, request_caller
 from maxine_registry.operations import Operations
 
+if TYPE_CHECKING:
+    from maxine_registry.graphql_api import GraphQLApi, GraphQLReply, RequestContext
+
 logger = logging.getLogger(__name__)
 
-GRAPHQL_KEY = web.AppKey("graphql", GraphQLApi)
+
+class LazyGraphQLApi:
+    """The GraphQL API, built on first use: graphql-core costs about 10 MiB that most registries never need."""
+
+    def __init__(self, *, operations: Operations) -> None:
+        self._operations = operations
+        self._api: GraphQLApi | None = None
+
+    def execute(self, **arguments: Any) -> GraphQLReply:
+        if self._api is None:
+            from maxine_registry.graphql_api import GraphQLApi  # noqa: PLC0415
+
+            self._api = GraphQLApi(operations=self._operations)
+        return self._api.execute(**arguments)
+
+
+GRAPHQL_KEY = web.AppKey("graphql", LazyGraphQLApi)
+
+
+def request_error(message: str, *, code: str) -> GraphQLReply:
+    from maxine_registry.graphql_api import request_error as make_error  # noqa: PLC0415
+
+    return make_error(message, code=code)
+
+
 GRAPHQL_PATH = "/graphql"
 # Path after ``/graphql`` -> (file in the package's ``static/graphql`` folder, content type).
 PLAYGROUND_FILES = {
@@ -39,6 +66,8 @@ CONTENT_SECURITY_POLICY = (
 
 
 def _context(request: web.Request) -> RequestContext:
+    from maxine_registry.graphql_api import RequestContext  # noqa: PLC0415
+
     return RequestContext(
         caller=request_caller(request), peer=request.remote, forwarded_for=request.headers.get("X-Forwarded-For")
     )
@@ -100,7 +129,7 @@ def _asset(page: tuple[bytes, str]) -> Handler:
 
 
 def setup(app: web.Application, operations: Operations) -> None:
-    app[GRAPHQL_KEY] = GraphQLApi(operations=operations)
+    app[GRAPHQL_KEY] = LazyGraphQLApi(operations=operations)
     files = {suffix: _playground_file(name, kind) for suffix, (name, kind) in PLAYGROUND_FILES.items()}
     app.router.add_post(GRAPHQL_PATH, post_graphql)
     app.router.add_get(GRAPHQL_PATH, _get_graphql(files[""]))
