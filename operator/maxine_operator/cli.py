@@ -32,6 +32,11 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return default if value is None or value == "" else value.strip().lower() in TRUE_WORDS
 
 
+def _env_int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    return int(value) if value else None
+
+
 def _env_list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in env.get(name, "").split(",") if item.strip()]
 
@@ -178,6 +183,7 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str]) -> OperatorCon
         catalog_ttl=args.catalog_ttl,
         peering=args.peering,
         peering_name=args.peering_name,
+        peering_priority=args.peering_priority,
         liveness_endpoint=args.liveness,
         webhook=args.webhook,
         webhook_port=args.webhook_port,

@@ -53,6 +53,8 @@ class OperatorConfig:
     # Several replicas elect one active operator through kopf's peering objects; standalone skips that.
     peering: bool = False
     peering_name: str = DEFAULT_PEERING_NAME
+    # The replica with the highest priority acts; None draws one at random, so replicas of one Deployment differ.
+    peering_priority: int | None = None
     liveness_endpoint: str | None = None
     webhook: bool = False
     webhook_host: str = "0.0.0.0"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 
 import kopf
@@ -20,6 +21,20 @@ from maxine_operator.config import OperatorConfig
 from maxine_operator.handlers import LoginFn, OperatorState, build_registry, operator_settings
 
 logger = logging.getLogger(__name__)
+
+
+# Random peering priorities are drawn from this range; ties between replicas are then very unlikely.
+RANDOM_PRIORITY_RANGE = (1, 1_000_000)
+
+
+def peering_priority(config: OperatorConfig) -> int | None:
+    """The priority of this replica among its peers: the configured one, else a random one (None: no peering)."""
+    if not config.peering:
+        return None
+    if config.peering_priority is not None:
+        return config.peering_priority
+    # A tie-breaker for the election, not a secret: the plain generator is enough.
+    return random.randint(*RANDOM_PRIORITY_RANGE)
 
 
 async def run_operator(
@@ -41,6 +56,7 @@ async def run_operator(
             # Naming a peering makes kopf require it; a standalone operator names none.
             standalone=not config.peering,
             peering_name=config.peering_name if config.peering else None,
+            priority=peering_priority(config),
             liveness_endpoint=config.liveness_endpoint,
             stop_flag=stop_flag,
             ready_flag=ready_flag,

@@ -69,7 +69,10 @@ CORE_RESOURCES = (
     ("v1/pods", "Pod", True),
     ("discovery.k8s.io/v1/endpointslices", "EndpointSlice", True),
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
+    ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False),
+    ("kopf.dev/v1/kopfpeerings", "KopfPeering", True),
 )
+CLUSTER_KINDS = frozenset(kind for _, kind, namespaced in CORE_RESOURCES if not namespaced)
 MESH_RESOURCES = (
     ("networking.istio.io/v1/virtualservices", "VirtualService"),
     ("networking.istio.io/v1/destinationrules", "DestinationRule"),
@@ -203,7 +206,7 @@ class Cluster:
             return document
 
     async def create(self, obj: dict[str, Any], *, plural: str) -> dict[str, Any]:
-        namespace = obj.get("metadata", {}).get("namespace", NAMESPACE)
+        namespace = obj.get("metadata", {}).get("namespace", NAMESPACE if obj["kind"] not in CLUSTER_KINDS else None)
         result: dict[str, Any] = await self._call(
             "POST", self.path(obj["apiVersion"], plural, namespace=namespace), body=obj
         )
@@ -221,6 +224,13 @@ class Cluster:
 
     async def get(self, api_version: str, plural: str, name: str) -> dict[str, Any] | None:
         async with self.session.get(self.url + self.path(api_version, plural, name=name)) as response:
+            if response.status == 404:
+                return None
+            document: dict[str, Any] = await response.json(content_type=None)
+            return document
+
+    async def get_cluster_object(self, api_version: str, plural: str, name: str) -> dict[str, Any] | None:
+        async with self.session.get(self.url + self.path(api_version, plural, namespace=None, name=name)) as response:
             if response.status == 404:
                 return None
             document: dict[str, Any] = await response.json(content_type=None)

@@ -160,8 +160,11 @@ async def test_the_webhook_injects_one_sidecar_into_an_annotated_pod(
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert env["MAXINE_URL"]["value"] == "http://maxine.maxine-system:8080"
-    assert env["MAXINE_SERVICE_NAME"]["value"] == "orders"
-    assert env["MAXINE_SERVICE_PORT"]["value"] == "8080"
+    assert env["SERVICE_NAME"]["value"] == "orders"
+    assert env["SERVICE_PORT"]["value"] == "8080"
+    assert json.loads(env["SERVICE_METADATA"]["value"]) == {"version": "1.0"}
+    assert env["READINESS_URL"]["value"] == "http://127.0.0.1:8080/ready"
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8099}
 
     # Reviewing the injected pod again adds nothing.
     again = await review(port, injected)

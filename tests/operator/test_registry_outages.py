@@ -171,3 +171,36 @@ async def test_deleting_a_resource_whose_entry_is_already_gone_succeeds(
 
 async def _acl_status(view: RegistryView, expected: int) -> None:
     assert (await view.get(ACL_PATH))[0] == expected
+
+
+async def test_with_peering_only_the_replica_of_highest_priority_acts(
+    start_registry: Callable[..., MaxineProcess],
+    registry_session: object,
+    cluster: Cluster,
+    operator_runner: OperatorRunner,
+) -> None:
+    # Each replica talks to a registry of its own, so each registry shows what its replica did.
+    active_registry, passive_registry = start_registry(), start_registry()
+    active = RegistryView(base_url=active_registry.base_url, session=registry_session)  # type: ignore[arg-type]
+    passive = RegistryView(base_url=passive_registry.base_url, session=registry_session)  # type: ignore[arg-type]
+    await cluster.create(
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "maxine-operator"}},
+        plural="clusterkopfpeerings",
+    )
+    await operator_runner(registry_url=passive_registry.base_url, peering=True, peering_priority=10)
+    await operator_runner(registry_url=active_registry.base_url, peering=True, peering_priority=20)
+
+    async def both_announced() -> None:
+        peering = await cluster.get_cluster_object("kopf.dev/v1", "clusterkopfpeerings", "maxine-operator")
+        assert peering is not None
+        priorities = sorted(peer["priority"] for peer in (peering.get("status") or {}).values())
+        assert priorities == [10, 20]
+
+    await eventually(both_announced, deadline=SETTLE_DEADLINE)
+    await cluster.create(load_example("acl.yaml"), plural="maxineacls")
+
+    async def pushed_by_the_active_replica() -> None:
+        assert (await active.get(ACL_PATH))[0] == 200
+
+    await eventually(pushed_by_the_active_replica, deadline=SETTLE_DEADLINE)
+    assert (await passive.get(ACL_PATH))[0] == 404
