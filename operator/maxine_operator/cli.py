@@ -117,6 +117,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="name of the peering object [MAXINE_OPERATOR_PEERING_NAME]",
     )
     add(
+        "--peering-priority",
+        type=int,
+        default=_env_int(env, "MAXINE_OPERATOR_PEERING_PRIORITY"),
+        help="this replica's priority, the highest acts; default: random [MAXINE_OPERATOR_PEERING_PRIORITY]",
+    )
+    add(
         "--liveness",
         default=env.get("MAXINE_OPERATOR_LIVENESS") or None,
         help="serve a liveness endpoint, e.g. http://0.0.0.0:8081/healthz [MAXINE_OPERATOR_LIVENESS]",

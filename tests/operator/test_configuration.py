@@ -21,6 +21,7 @@ def test_flags_and_environment_make_the_config_and_flags_win() -> None:
         "MAXINE_OPERATOR_NAMESPACES": "shop, billing",
         "MAXINE_OPERATOR_PEERING": "true",
         "MAXINE_OPERATOR_RESYNC_INTERVAL": "45",
+        "MAXINE_OPERATOR_PEERING_PRIORITY": "7",
     }
 
     config = config_from_args(["--resync-interval", "10", "--no-catalog"], env)
@@ -28,7 +29,7 @@ def test_flags_and_environment_make_the_config_and_flags_win() -> None:
     assert config.registry_url == "http://maxine.maxine-system:8080"
     assert config.meshes == ("istio", "smi")
     assert config.namespaces == ("shop", "billing")
-    assert config.peering is True
+    assert config.peering is True and config.peering_priority == 7
     assert config.resync_interval == 10.0
     assert config.catalog is False
 
