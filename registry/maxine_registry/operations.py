@@ -191,7 +191,10 @@ class Operations:
         forwarded_for: str | None = None,
         caller: str | None = None,
     ) -> Reply:
-        service_name = validate_service_name(query.get("serviceName"))
+        # A name the registry knows is valid already; the checks run only for names it does not know.
+        service_name = query.get("serviceName")
+        if not isinstance(service_name, str) or self.registry.get_service(service_name) is None:
+            service_name = validate_service_name(service_name)
         strategy_name = query.get("loadBalancing") or query.get("strategy") or DEFAULT_STRATEGY
         strategy = resolve_strategy(strategy_name)
         context = PickContext(

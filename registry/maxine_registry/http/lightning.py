@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024
 REQUEST_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 75.0
+# Timeouts are enforced by one sweep over the connections this often, not by a timer per request.
+REAP_INTERVAL = 0.25
 DEFAULT_MAX_CONNECTIONS = 10_000
 
 HotHandler = Callable[[Operations, "ParsedRequest"], Reply]
@@ -141,6 +143,7 @@ class LightningServer:
         self.connections: set[LightningProtocol] = set()
         self.closing = False
         self._drained = asyncio.Event()
+        self._reaper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> LightningProtocol:
         return LightningProtocol(server=self)
@@ -156,6 +159,21 @@ class LightningServer:
         for connection in list(self.connections):
             connection.close_if_idle()
         self.forget(None)
+
+    def track(self, connection: LightningProtocol) -> None:
+        self.connections.add(connection)
+        if self._reaper is None:
+            self._reaper = connection.loop.call_later(REAP_INTERVAL, self._reap, connection.loop)
+
+    def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Time out connections whose deadline passed; one pass for all, a few times a second."""
+        self._reaper = None
+        now = loop.time()
+        for connection in list(self.connections):
+            if 0 < connection.deadline <= now:
+                connection.on_timeout()
+        if self.connections:
+            self._reaper = loop.call_later(REAP_INTERVAL, self._reap, loop)
 
     def forget(self, connection: LightningProtocol | None) -> None:
         if connection is not None:
@@ -182,7 +200,9 @@ class LightningProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._request: ParsedRequest | None = None
         self._message_complete = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        # When the connection times out, on the loop's clock; 0 when no timeout runs.
+        self.deadline = 0.0
         self._handed_over = False
 
     # asyncio.Protocol
@@ -203,7 +223,7 @@ class LightningProtocol(asyncio.Protocol):
         if not server.serve_hot_routes:
             self._hand_over(0)
             return
-        server.connections.add(self)
+        server.track(self)
         self._arm(self.server.keepalive_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -381,17 +401,13 @@ class LightningProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        if self.transport is not None:
-            self._timer = asyncio.get_running_loop().call_later(seconds, self._on_timeout)
+        self.deadline = self.loop.time() + seconds
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def on_timeout(self) -> None:
+        self.deadline = 0.0
         if self.transport is None or self._handed_over:
             return
         if self._buffer:
