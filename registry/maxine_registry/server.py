@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -30,6 +31,8 @@ from maxine_registry.settings import Settings
 logger = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 0.25
+# Below this many instances a full garbage collection is quick enough to leave alone.
+FREEZE_MIN_NODES = 10_000
 
 
 class MaxineServer:
@@ -110,9 +113,29 @@ class MaxineServer:
         self.lightning.close_idle()
         await self.lightning.drain(grace=self.settings.shutdown_timeout)
 
+    def _freeze_after_growth(self, frozen_at: int) -> int:
+        """
+        Keep the garbage collector's full passes off the event loop's critical path.
+
+        A full collection walks every tracked object: about 50 ms at 100k instances, a stall for
+        every request in flight. Instances hold no reference cycles, so once a registry has grown
+        it is safe to move what exists into the permanent generation, which full passes skip;
+        the objects are still freed by reference counting when they go. Doing it each time the
+        registry doubles costs a handful of collections over its whole life.
+        """
+        nodes = self.registry.node_count
+        if nodes < FREEZE_MIN_NODES or nodes < 2 * frozen_at:
+            return frozen_at
+        gc.collect()
+        gc.freeze()
+        logger.debug("Froze the heap for the garbage collector.", extra={"nodes": nodes})
+        return nodes
+
     async def _sweep_forever(self) -> None:
+        frozen_at = 0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
+            frozen_at = self._freeze_after_growth(frozen_at)
             try:
                 self.registry.expire_due()
             except Exception:
