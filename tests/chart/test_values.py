@@ -28,6 +28,7 @@ BAD_VALUES = [
     ({"service": {"type": "Ingress"}}, "/service/type"),
     ({"auth": {"enabled": "yes"}}, "/auth/enabled"),
     ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
+    ({"redis": {"password": 'say "hi"'}}, "/redis/password"),
     ({"operator": {"meshes": ["consul"]}}, "/operator/meshes/0"),
     ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "/operator/watchNamespaces/0"),
     ({"webhook": {"failurePolicy": "Retry"}}, "/webhook/failurePolicy"),
