@@ -91,6 +91,7 @@ class JwtAuthenticator:
         wall: Callable[[], float] = time.time,  # injectable for tests that move time
     ) -> None:
         import bcrypt  # noqa: PLC0415 - loaded only when auth is on
+
         # Settings refuse a short key at start; this guards code that builds an authenticator itself.
         if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise SettingsError(f"The JWT signing key must be at least {MIN_JWT_SECRET_BYTES} bytes.")
@@ -120,6 +121,7 @@ class JwtAuthenticator:
     def issue(self, identity: Identity, *, lifetime: float | None = None) -> str:
         """A signed token for ``identity``, valid for ``lifetime`` seconds (the configured one by default)."""
         import jwt  # noqa: PLC0415 - loaded only when auth is on
+
         now = int(self._wall())
         claims = {
             "sub": identity.subject,
@@ -150,6 +152,7 @@ class JwtAuthenticator:
 
     def _claims(self, token: str) -> dict[str, Any]:
         import jwt  # noqa: PLC0415 - loaded only when auth is on
+
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
             raise _invalid_token("The token is missing, not a string, or too large to be a Maxine token.")
 
@@ -227,6 +230,7 @@ def _bcrypt_cost(password_hash: bytes) -> int:
 
 def _check_password(password: bytes, password_hash: bytes) -> bool:
     import bcrypt  # noqa: PLC0415 - loaded only when auth is on
+
     try:
         return bcrypt.checkpw(password, password_hash)
     except ValueError:  # a malformed hash is a failed check, never a crash
