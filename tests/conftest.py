@@ -10,6 +10,9 @@ when the server fails to start.
 Helpers talk to the servers with urllib through an opener without proxies, so that no test request
 can leave the machine whatever the environment's proxy settings are.
 
+``maxine_server`` starts the same server in-process instead, as ``MaxineServer`` with every
+listener (HTTP, gRPC, UDP) on a free loopback port, for tests that need to look inside it.
+
 Other real servers the tests need (an MQTT broker) are started the same way: on a free loopback port,
 from their own temporary configuration, and stopped at teardown. ``require_binary`` finds their
 executables: a missing one skips the test with an install hint, but fails it when ``CI=true``.
@@ -27,11 +30,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from maxine_registry.server import MaxineServer
+from maxine_registry.settings import Settings
 
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT = 15.0
@@ -183,6 +189,29 @@ def maxine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MaxineP
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture
+async def maxine_server() -> AsyncIterator[Callable[..., Awaitable[MaxineServer]]]:
+    """
+    Factory of in-process registries: ``await maxine_server(udp_hmac_key=...)`` starts a ``MaxineServer``.
+
+    Keyword arguments are ``Settings`` fields. gRPC is on (it is off by default), and HTTP, gRPC and
+    UDP listen on free loopback ports unless given. Every server started is stopped at teardown.
+    """
+    started: list[MaxineServer] = []
+
+    async def start(**overrides: Any) -> MaxineServer:
+        listeners = {"host": LOOPBACK, "port": 0, "grpc_enabled": True, "grpc_port": 0, "udp_port": 0}
+        values: dict[str, Any] = {**listeners, **overrides}
+        server = MaxineServer(Settings(**values))
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        await server.stop()
 
 
 @pytest.fixture

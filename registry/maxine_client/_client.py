@@ -8,7 +8,9 @@ model, so they stay a few lines each.
 
 Living with the registry goes beyond single calls: ``keep_alive`` heartbeats in the background and
 registers the node again if the registry forgets it; ``registered`` wraps a service's whole life,
-from registration to deregistration, in one ``async with``.
+from registration to deregistration, in one ``async with``. Their heartbeats go over HTTP, or as
+UDP datagrams with ``transport="udp"`` (see ``_udp``), to the registry's host and HTTP port number
+unless ``udp_host`` and ``udp_port`` say otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from maxine_client._config import (
 from maxine_client._errors import MaxineError, NotRegistered, RegistryUnreachable, error_from_response
 from maxine_client._keepalive import AsyncKeepAlive, validate_interval
 from maxine_client._models import Instance, Lease, Registration, frozen_metadata
+from maxine_client._udp import HTTP, UdpHeartbeatSender, validate_transport
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,16 @@ def _normalize_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
+def _udp_address(base_url: str, *, host: str | None, port: int | None) -> tuple[str, int]:
+    """Where UDP heartbeats go: the given host and port, else the registry's host and HTTP port number."""
+    parts = urllib.parse.urlsplit(base_url)
+    udp_host = host or parts.hostname
+    udp_port = port if port is not None else parts.port or (443 if parts.scheme == "https" else 80)
+    if not udp_host or not 1 <= udp_port <= 65535:
+        raise ValueError(f"The UDP heartbeat address needs a host and a port from 1 to 65535, got {host!r}, {port!r}.")
+    return udp_host, udp_port
+
+
 class AsyncMaxineClient:
     """
     A client of one Maxine registry, for use inside a running event loop.
@@ -68,7 +81,8 @@ class AsyncMaxineClient:
     With ``session=None`` the client opens its own aiohttp session on first use and closes it in
     ``close()``; a session passed in stays the caller's to close. ``retry_policy`` holds the retry
     bounds given here; ``rng`` is the source of the backoff jitter, replaceable by a seeded
-    ``random.Random`` where reproducible delays matter.
+    ``random.Random`` where reproducible delays matter. ``udp_key`` is the registry's
+    ``UDP_HMAC_KEY``, for signed UDP heartbeats.
     """
 
     def __init__(
@@ -81,6 +95,9 @@ class AsyncMaxineClient:
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         backoff_cap: float = DEFAULT_BACKOFF_CAP,
         session: aiohttp.ClientSession | None = None,
+        udp_host: str | None = None,
+        udp_port: int | None = None,
+        udp_key: str | bytes | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
@@ -96,6 +113,9 @@ class AsyncMaxineClient:
         self._closed = False
         self._keepers: set[AsyncKeepAlive] = set()
         self.rng = random.Random()
+        self.udp_host, self.udp_port = _udp_address(self.base_url, host=udp_host, port=udp_port)
+        self._udp_key = udp_key.encode() if isinstance(udp_key, str) else udp_key
+        self._udp: UdpHeartbeatSender | None = None
 
     def __repr__(self) -> str:
         return (
@@ -117,6 +137,9 @@ class AsyncMaxineClient:
             await keeper.stop()
         self._keepers.clear()
         self._closed = True
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         if self._owns_session and self._session is not None:
             await self._session.close()
         self._session = None
@@ -219,14 +242,17 @@ class AsyncMaxineClient:
 
     # Living with the registry.
 
-    def keep_alive(self, registration: Registration, *, interval: float | None = None) -> AsyncKeepAlive:
+    def keep_alive(
+        self, registration: Registration, *, interval: float | None = None, transport: str = HTTP
+    ) -> AsyncKeepAlive:
         """
         Start heartbeating ``registration`` in a background task, every ``interval`` seconds (ttl / 3 by default).
 
         The task registers the node again whenever the registry has forgotten it, and survives an
         unreachable registry; ``await handle.stop()`` ends it. Call this inside a running loop.
+        ``transport`` is ``"http"`` or ``"udp"`` (one datagram per beat, see ``_udp``).
         """
-        keeper = AsyncKeepAlive(client=self, registration=registration, interval=interval)
+        keeper = AsyncKeepAlive(client=self, registration=registration, interval=interval, transport=transport)
         keeper.start()
         # Remember the loops still running, so that close() can end them before the session goes away.
         self._keepers = {running for running in self._keepers if running.running}
@@ -243,6 +269,7 @@ class AsyncMaxineClient:
         metadata: Mapping[str, Any] | None = None,
         ttl: float | None = None,
         interval: float | None = None,
+        transport: str = HTTP,
     ) -> AsyncIterator[AsyncKeepAlive]:
         """
         Register, keep the node alive while the block runs, then stop heartbeating and deregister.
@@ -250,9 +277,11 @@ class AsyncMaxineClient:
         Deregistration on the way out tolerates a registry that already forgot the node or cannot be
         reached: the service is going away either way, and its lease will run out on its own.
         """
-        validate_interval(interval)  # before registering: a refusal must not leave a node behind
+        # Before registering: a refusal must not leave a node behind.
+        validate_interval(interval)
+        validate_transport(transport)
         registration = await self.register(service_name, host=host, port=port, metadata=metadata, ttl=ttl)
-        keeper = self.keep_alive(registration, interval=interval)
+        keeper = self.keep_alive(registration, interval=interval, transport=transport)
         try:
             yield keeper
         finally:
@@ -267,6 +296,19 @@ class AsyncMaxineClient:
                 if not isinstance(exc, RegistryUnreachable) and not _is_retryable_status(exc.status or 0):
                     raise
                 logger.warning("Node %r could not be deregistered; its lease will expire instead. %s", node_id, exc)
+
+    async def udp_sender(self) -> UdpHeartbeatSender:
+        """The UDP socket that keep-alive loops with ``transport="udp"`` share, opened on first use."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new client.")
+        if self._udp is None:
+            sender = UdpHeartbeatSender(host=self.udp_host, port=self.udp_port, key=self._udp_key)
+            await sender.open()
+            if self._udp is None:
+                self._udp = sender
+            else:  # another loop opened one while this one waited
+                sender.close()
+        return self._udp
 
     # Transport.
 

@@ -15,16 +15,22 @@ of three ways, and the loop answers each differently:
 The loop never ends on its own; only ``stop()`` ends it. It logs when its state changes (healthy,
 unreachable, refused, failing), never once per beat: a registry that is down for an hour costs a
 service two log lines, not thousands.
+
+With ``transport="udp"`` each beat is one datagram and the loop does not wait for an answer (see
+``_udp``). The registry answers only when it does not know the node; that answer wakes the loop
+from its wait, and the node is registered again over HTTP as above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
 from maxine_client._errors import MaxineError, NotRegistered, RegistryUnreachable
 from maxine_client._models import Registration
+from maxine_client._udp import HTTP, UDP, UdpHeartbeatSender, validate_transport
 
 if TYPE_CHECKING:
     from maxine_client._client import AsyncMaxineClient
@@ -53,9 +59,15 @@ class AsyncKeepAlive:
     different lease the second time.
     """
 
-    def __init__(self, *, client: AsyncMaxineClient, registration: Registration, interval: float | None) -> None:
+    def __init__(
+        self, *, client: AsyncMaxineClient, registration: Registration, interval: float | None, transport: str = HTTP
+    ) -> None:
         validate_interval(interval)
+        validate_transport(transport)
         self._client = client
+        self.transport = transport
+        # The UDP socket, opened by the first beat when the transport is UDP.
+        self._udp: UdpHeartbeatSender | None = None
         self._registration = registration
         self._explicit_interval = interval
         self._state = HEALTHY
@@ -66,7 +78,7 @@ class AsyncKeepAlive:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(node_id={self._registration.node_id!r}, interval={self.interval!r}, "
-            f"state={self._state!r}, running={self.running!r})"
+            f"transport={self.transport!r}, state={self._state!r}, running={self.running!r})"
         )
 
     @property
@@ -113,13 +125,15 @@ class AsyncKeepAlive:
         # asyncio.wait rather than awaiting the task: the task's cancellation is expected, a cancellation
         # of the caller itself must still propagate.
         await asyncio.wait([task])
+        if self._udp is not None:
+            self._udp.forget(self._registration.node_id)
 
     async def _run(self) -> None:
         delay = self.interval
         failures = 0
         error: Exception
         while True:
-            await asyncio.sleep(delay)
+            await self._pause(delay)
             try:
                 await self._beat()
             except NotRegistered as exc:
@@ -150,9 +164,23 @@ class AsyncKeepAlive:
                 self._registration.node_id, failures, delay, error,
             )  # fmt: skip
 
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds; over UDP, less if the registry says meanwhile that it forgot the node."""
+        if self._udp is None:
+            await asyncio.sleep(delay)
+            return
+        forgotten = self._udp.forgotten(self._registration.node_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(forgotten.wait(), timeout=delay)
+
     async def _beat(self) -> None:
         if not self._must_register:
-            await self._client.heartbeat(self._registration.node_id)
+            if self.transport == UDP:
+                if self._udp is None:
+                    self._udp = await self._client.udp_sender()
+                self._udp.beat(self._registration.node_id)
+            else:
+                await self._client.heartbeat(self._registration.node_id)
             return
 
         previous = self._registration

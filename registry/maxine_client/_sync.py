@@ -24,6 +24,7 @@ from maxine_client._client import AsyncMaxineClient
 from maxine_client._config import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from maxine_client._keepalive import AsyncKeepAlive
 from maxine_client._models import Instance, Lease, Registration
+from maxine_client._udp import HTTP
 
 T = TypeVar("T")
 
@@ -131,10 +132,21 @@ class MaxineClient:
         retries: int = DEFAULT_RETRIES,
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         backoff_cap: float = DEFAULT_BACKOFF_CAP,
+        udp_host: str | None = None,
+        udp_port: int | None = None,
+        udp_key: str | bytes | None = None,
     ) -> None:
         # The async client opens its session lazily, on the private loop, so building it here is safe.
         self._client = AsyncMaxineClient(
-            base_url, token=token, timeout=timeout, retries=retries, backoff_base=backoff_base, backoff_cap=backoff_cap
+            base_url,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            udp_host=udp_host,
+            udp_port=udp_port,
+            udp_key=udp_key,
         )
         self._runner = _LoopThread(name=f"maxine-client {self._client.base_url}")
 
@@ -194,9 +206,11 @@ class MaxineClient:
     def health(self) -> dict[str, Any]:
         return self._runner.call(self._client.health())
 
-    def keep_alive(self, registration: Registration, *, interval: float | None = None) -> KeepAlive:
+    def keep_alive(
+        self, registration: Registration, *, interval: float | None = None, transport: str = HTTP
+    ) -> KeepAlive:
         async def start() -> AsyncKeepAlive:
-            return self._client.keep_alive(registration, interval=interval)
+            return self._client.keep_alive(registration, interval=interval, transport=transport)
 
         return KeepAlive(handle=self._runner.call(start()), runner=self._runner)
 
@@ -210,10 +224,11 @@ class MaxineClient:
         metadata: Mapping[str, Any] | None = None,
         ttl: float | None = None,
         interval: float | None = None,
+        transport: str = HTTP,
     ) -> Iterator[KeepAlive]:
         """``AsyncMaxineClient.registered``, driven from this thread: the same steps on the way in and out."""
         manager = self._client.registered(
-            service_name, host=host, port=port, metadata=metadata, ttl=ttl, interval=interval
+            service_name, host=host, port=port, metadata=metadata, ttl=ttl, interval=interval, transport=transport
         )
         handle = self._runner.call(manager.__aenter__())
         try:

@@ -1,10 +1,13 @@
 """
-The server's lifecycle: build the registry, open the listener, run the lease sweeper and health checks, stop cleanly.
+The server's lifecycle: build the registry, open the listeners, run the lease sweeper and health checks, stop cleanly.
 
 ``MaxineServer`` follows aiohttp's runner pattern: ``start()`` opens everything and ``stop()``
 closes everything it opened, in reverse. ``serve()`` adds signal handling for the command line:
 SIGTERM or SIGINT stops accepting connections, lets in-flight requests finish within the
 shutdown timeout, and returns so the process exits 0.
+
+The HTTP listener comes first; gRPC and the UDP heartbeat endpoint follow, over the same
+``Operations`` once the app's features have equipped it with their guards and authenticator.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import socket
 from aiohttp import web
 
 from maxine_registry.events import EventBus
+from maxine_registry.grpc_api import GrpcServer
 from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
 from maxine_registry.http.app import has_request_middleware
@@ -27,6 +31,7 @@ from maxine_registry.model import format_address
 from maxine_registry.operations import Operations
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
+from maxine_registry.udp import UdpHeartbeatServer, udp_heartbeat_server
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class MaxineServer:
         self.lightning: LightningServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.grpc: GrpcServer | None = None
+        self.udp: UdpHeartbeatServer | None = None
 
     async def start(self) -> None:
         app = create_app(self.operations)
@@ -78,6 +85,11 @@ class MaxineServer:
         # With port 0 the system picks one; report the one really bound.
         sockets: list[socket.socket] = list(self._listener.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        try:
+            await self._start_transports()
+        except BaseException:
+            await self.stop()
+            raise
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="maxine-lease-sweeper")
         if self.health_checker is not None:
             self.health_checker.start()
@@ -95,6 +107,7 @@ class MaxineServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        await self._stop_transports()
         await self._stop_listening()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -102,6 +115,31 @@ class MaxineServer:
         logger.info(
             "Maxine has stopped.", extra={"services": self.registry.service_count, "nodes": self.registry.node_count}
         )
+
+    async def _start_transports(self) -> None:
+        settings = self.settings
+        if settings.grpc_enabled:
+            self.grpc = GrpcServer(
+                operations=self.operations,
+                host=settings.host,
+                port=settings.grpc_port,
+                max_watches=settings.grpc_max_watches,
+                watch_queue_size=settings.grpc_watch_queue_size,
+                shutdown_timeout=settings.shutdown_timeout,
+            )
+            await self.grpc.start()
+        assert self.port is not None
+        self.udp = udp_heartbeat_server(self.operations, http_port=self.port)
+        if self.udp is not None:
+            await self.udp.start()
+
+    async def _stop_transports(self) -> None:
+        if self.udp is not None:
+            await self.udp.stop()
+            self.udp = None
+        if self.grpc is not None:
+            await self.grpc.stop()
+            self.grpc = None
 
     async def _stop_listening(self) -> None:
         """Accept no more connections; let the lightning path finish the requests it has begun."""

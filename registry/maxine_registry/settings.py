@@ -193,6 +193,34 @@ class Settings:
         64 * 1024 * 1024, env="MAX_RESTORE_BYTES", help="Largest snapshot POST /restore accepts (413 above)."
     )
 
+    grpc_enabled: bool = setting(
+        False, env="GRPC_ENABLED", help="Serve the gRPC API (api/maxine.proto) and the gRPC health service."
+    )
+    grpc_port: int = setting(50051, env="GRPC_PORT", help="gRPC port, on the HTTP address (0: any free port).")
+    grpc_max_watches: int = setting(
+        1000, env="GRPC_MAX_WATCHES", help="Most WatchServices streams open at once (UNAVAILABLE above)."
+    )
+    grpc_watch_queue_size: int = setting(
+        1000,
+        env="GRPC_WATCH_QUEUE_SIZE",
+        help="Events queued for one WatchServices stream; a stream further behind ends with RESOURCE_EXHAUSTED.",
+    )
+    udp_enabled: bool = setting(True, env="UDP_ENABLED", help="Take heartbeats as UDP datagrams (HB1 <nodeId>).")
+    udp_port: int = setting(
+        -1,
+        env="UDP_PORT",
+        help="UDP heartbeat port, on the HTTP address (-1: the HTTP port's number; 0: any free port).",
+    )
+    udp_hmac_key: str = setting(
+        "",
+        env="UDP_HMAC_KEY",
+        help="Shared HMAC-SHA256 key, 32 bytes or more; with it only signed datagrams count (needed with auth on).",
+        secret=True,
+    )
+    udp_max_skew: float = setting(
+        30.0, env="UDP_MAX_SKEW", help="Seconds a signed datagram's timestamp may be off from the registry's clock."
+    )
+
     def public(self) -> dict[str, Any]:
         """The settings as they may be logged: secrets that are set show as '***'."""
         values = dataclasses.asdict(self)
@@ -356,6 +384,7 @@ def load_settings(argv: Sequence[str] | None = None, *, environ: Mapping[str, st
 
 
 def _check_ranges(settings: Settings) -> None:
+    _check_transports(settings)
     if not 0 <= settings.port <= 65535:
         raise SettingsError(f"port must be from 0 to 65535, got {settings.port}.")
     if not 1 <= settings.heartbeat_timeout <= 86400:
@@ -414,3 +443,26 @@ def _check_ranges(settings: Settings) -> None:
             "JAEGER_ENDPOINT names Jaeger's Thrift collector (/api/traces); Maxine sends OTLP: "
             "give Jaeger's OTLP/HTTP address instead, e.g. http://HOST:4318."
         )
+
+
+MIN_UDP_HMAC_KEY_BYTES = 32
+
+
+def _check_transports(settings: Settings) -> None:
+    """The gRPC and UDP ports and limits; a UDP key too short to resist guessing."""
+    if not 0 <= settings.grpc_port <= 65535:
+        raise SettingsError(f"GRPC_PORT must be from 0 to 65535, got {settings.grpc_port}.")
+    if not -1 <= settings.udp_port <= 65535:
+        raise SettingsError(f"UDP_PORT must be from -1 to 65535, got {settings.udp_port}.")
+    for name in ("grpc_max_watches", "grpc_watch_queue_size"):
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"{name} must be at least 1, got {getattr(settings, name)}.")
+    # The key's value never goes into a message: only its length.
+    key_bytes = len(settings.udp_hmac_key.encode())
+    if settings.udp_hmac_key and key_bytes < MIN_UDP_HMAC_KEY_BYTES:
+        raise SettingsError(
+            f"UDP_HMAC_KEY must be at least {MIN_UDP_HMAC_KEY_BYTES} bytes; it has {key_bytes} "
+            "(try: openssl rand -hex 32)."
+        )
+    if not 1 <= settings.udp_max_skew <= 3600:
+        raise SettingsError(f"UDP_MAX_SKEW must be from 1 to 3600 seconds, got {settings.udp_max_skew}.")

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +38,10 @@ from maxine_registry.http.common import OPERATIONS_KEY
 from maxine_registry.http.lightning import LightningServer
 from maxine_registry.http.tracing import install as install_tracing
 from maxine_registry.identity import ADMIN, READ_ONLY, Identity
-from maxine_registry.operations import Operations
+from maxine_registry.operations import Operations, RequestStats
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
+from maxine_registry.udp import UdpHeartbeatServer
 
 
 class FakeClock:
@@ -588,3 +590,72 @@ async def otlp_receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[OtlpRe
     await receiver.start()
     yield receiver
     await receiver.stop()
+
+
+# UDP heartbeats: the endpoint on a real loopback socket, over the fake-clock registry.
+
+
+@pytest.fixture
+async def udp_endpoint(
+    registry: Registry, clock: FakeClock
+) -> AsyncIterator[Callable[..., Awaitable[UdpHeartbeatServer]]]:
+    """
+    Factory of UDP heartbeat endpoints on free loopback ports, over the fake-clock ``registry``.
+
+    ``start(key=...)`` makes signatures mandatory. Timestamps are checked against ``clock`` (as
+    seconds since the epoch), and the reply cap counts its seconds on it too. Stopped at teardown.
+    """
+    started: list[UdpHeartbeatServer] = []
+
+    async def start(*, key: bytes | None = None, max_skew: float = 30.0) -> UdpHeartbeatServer:
+        endpoint = UdpHeartbeatServer(
+            registry=registry,
+            requests=RequestStats(),
+            host=LOOPBACK,
+            port=0,
+            key=key,
+            max_skew=max_skew,
+            wall=clock,
+            clock=clock,
+        )
+        await endpoint.start()
+        started.append(endpoint)
+        return endpoint
+
+    yield start
+    for endpoint in started:
+        await endpoint.stop()
+
+
+class DatagramSender:
+    """A plain UDP socket on loopback, as a service without the SDK would use; it keeps what comes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.setblocking(False)
+
+    def __repr__(self) -> str:
+        return f"DatagramSender(address={self.sock.getsockname()!r})"
+
+    def send(self, datagram: bytes, *, port: int) -> None:
+        self.sock.sendto(datagram, (LOOPBACK, port))
+
+    def replies(self) -> list[bytes]:
+        """The datagrams that have arrived so far (loopback delivers at once), without waiting."""
+        received = []
+        while True:
+            try:
+                received.append(self.sock.recv(2048))
+            except BlockingIOError:
+                return received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def datagram_sender() -> Iterator[DatagramSender]:
+    sender = DatagramSender()
+    yield sender
+    sender.close()
