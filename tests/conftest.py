@@ -13,7 +13,7 @@ can leave the machine whatever the environment's proxy settings are.
 ``maxine_server`` starts the same server in-process instead, as ``MaxineServer`` with every
 listener (HTTP, gRPC, UDP) on a free loopback port, for tests that need to look inside it.
 
-Other real servers the tests need (an MQTT broker) are started the same way: on a free loopback port,
+Other real servers the tests need (an MQTT broker, Redis) are started the same way: on a free loopback port,
 from their own temporary configuration, and stopped at teardown. ``require_binary`` finds their
 executables: a missing one skips the test with an install hint, but fails it when ``CI=true``.
 """
@@ -375,3 +375,70 @@ def browser_page() -> Iterator[BrowserPage]:
             yield BrowserPage(page)
         finally:
             browser.close()
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, keeping nothing on disk; it can be killed and started again."""
+
+    def __init__(self, *, binary: str, port: int, workdir: Path) -> None:
+        self.binary = binary
+        self.port = port
+        self.host = LOOPBACK
+        self.url = f"redis://{LOOPBACK}:{port}"
+        self.workdir = workdir
+        self.log_path = workdir / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisServer(url={self.url!r}, running={self.running})"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def maxine_args(self) -> list[str]:
+        """The flags that make a registry keep its state in this Redis."""
+        return ["--persistence-enabled", "--persistence-type", "redis", "--redis-url", self.url]
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> None:
+        command = [
+            self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+            "--dir", str(self.workdir),
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            wait_for_port(self.port, timeout=STARTUP_TIMEOUT, process=self.process)
+        except RuntimeError as exc:
+            self.kill()
+            raise RuntimeError(f"{self!r} did not start: {exc}\n{self.logs()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: Redis vanishes with everything it held, as it does when it crashes without persistence."""
+        if self.process is not None and self.running:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A started redis-server on a free loopback port, without persistence, stopped at teardown."""
+    binary = require_binary("redis-server", hint="install it with: apt-get install redis-server")
+    server = RedisServer(binary=binary, port=find_free_loopback_port(), workdir=tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -64,6 +64,17 @@ def decode_body(raw: bytes) -> object:
 DiscoveryGuard = Callable[[str, str | None, str | None], None]
 # Registration guards get the validated registration.
 RegistrationGuard = Callable[[Registration], None]
+
+
+class Persistence(Protocol):
+    """What a persistence store offers the transports; see ``maxine_registry.persistence``."""
+
+    @property
+    def kind(self) -> str:
+        """``file`` or ``redis``, as ``/metrics`` reports it."""
+
+    async def commit(self) -> None:
+        """Return once every change made so far is durable; raise ``PersistenceUnavailable`` when it cannot be."""
 
 
 @dataclass(slots=True)
@@ -162,6 +173,18 @@ class Operations:
         self.authenticator: Authenticator | None = None
         # Stateful features add their part for backup, restore and persistence.
         self.snapshot_parts: dict[str, SnapshotPart] = {}
+        # Set by the persistence feature when it is on.
+        self.persistence: Persistence | None = None
+
+    async def persist(self) -> None:
+        """
+        Wait until the changes made so far are durable (on disk, or in Redis); without persistence, return at once.
+
+        Every transport awaits this after a write and before it answers, so that an acknowledged
+        write survives a crash; it raises ``PersistenceUnavailable`` (503) when the store cannot take it.
+        """
+        if self.persistence is not None:
+            await self.persistence.commit()
 
     def guard_discovery(self, service_name: str, *, caller: str | None, client_ip: str | None) -> None:
         for guard in self.discovery_guards:
@@ -342,8 +365,8 @@ class Operations:
                 "errors": self.stats.errors,
                 "services": registry.service_count,
                 "nodes": registry.node_count,
-                "persistenceEnabled": False,
-                "persistenceType": "none",
+                "persistenceEnabled": self.persistence is not None,
+                "persistenceType": self.persistence.kind if self.persistence is not None else "none",
                 "wsConnections": self.stats.ws_connections,
                 "eventsBroadcasted": registry.events.published,
                 "cacheHits": registry.cache_stats.hits,

@@ -155,6 +155,12 @@ class Registry:
         self._busy: set[Instance] = set()
         self._tripped: set[Instance] = set()
         self.cache_stats = CacheStats()
+        # Persistence and federation learn of heartbeats here (a heartbeat publishes no event by default).
+        # Listeners run inside the heartbeat, so they must only note the instance, never block.
+        self.heartbeat_listeners: list[Callable[[Instance], None]] = []
+        # False when leases are decided elsewhere: with replicas sharing Redis, one leader ends them for all
+        # (through ``expire``), and a replica must not end a lease whose heartbeats went to another one.
+        self.expires_leases = True
 
     def __repr__(self) -> str:
         return f"Registry(services={len(self._services)}, nodes={len(self._nodes)}, revision={self._revision})"
@@ -276,6 +282,8 @@ class Registry:
                 self.events.publish(
                     ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id}
                 )
+        for listener in self.heartbeat_listeners:
+            listener(instance)
         return instance
 
     def deregister(self, node_ref: object) -> Instance:
@@ -427,6 +435,20 @@ class Registry:
         self._policy_changed(service_name, policy)
         return policy
 
+    def put_traffic(self, service_name: str, *, distribution: Mapping[str, float], retired: Collection[str]) -> None:
+        """
+        Give one service this whole policy at once, as a replica or a journal replay receives it.
+
+        The input must already be valid (a distribution sums to 100, or is empty); an empty policy
+        drops the service's. Publishes ``traffic_changed`` as any other change does.
+        """
+        if not distribution and not retired and service_name not in self._traffic:
+            return
+        policy = self._policy(service_name)
+        policy.set_distribution(dict(distribution))
+        policy.retired = set(retired)
+        self._policy_changed(service_name, policy)
+
     def export_traffic(self) -> dict[str, dict[str, Any]]:
         """Every traffic policy, by service name, as ``TrafficPolicy.view`` shows it (for backups)."""
         return {service_name: policy.view() for service_name, policy in sorted(self._traffic.items())}
@@ -458,6 +480,9 @@ class Registry:
         self._release_stale_slots(now)
         self._tick_breakers(now)
         expired = self._leases.sweep(now, is_current=lambda instance: self._nodes.get(instance.node_id) is instance)
+        if not self.expires_leases:
+            # The wheel has let go of them; whoever decides leases calls ``expire`` when one really ends.
+            return []
         for instance in expired:
             self._remove(instance)
             self.events.publish(
@@ -467,6 +492,23 @@ class Registry:
         if expired:
             logger.info("Leases ended for %d instance(s); they left discovery.", len(expired))
         return expired
+
+    def expire(self, node_id: str) -> Instance | None:
+        """
+        End one lease now, as the sweeper does when it finds it over; None when the node is not here.
+
+        For leases decided outside this process (a leader replica on Redis): the instance leaves
+        discovery and ``service_unhealthy`` with reason ``lease_expired`` is published.
+        """
+        instance = self._nodes.get(node_id)
+        if instance is None:
+            return None
+        self._remove(instance)
+        self.events.publish(
+            ev.SERVICE_UNHEALTHY,
+            {"serviceName": instance.service_name, "nodeId": instance.node_id, "reason": "lease_expired"},
+        )
+        return instance
 
     # Reads.
 

@@ -29,6 +29,7 @@ from maxine_registry.http.app import has_request_middleware
 from maxine_registry.http.lightning import LightningServer
 from maxine_registry.model import format_address
 from maxine_registry.operations import Operations
+from maxine_registry.persistence import PersistenceStartError
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
 from maxine_registry.udp import UdpHeartbeatServer, udp_heartbeat_server
@@ -189,7 +190,12 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stopping.set)
 
     server = MaxineServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except PersistenceStartError as exc:
+        # Starting empty would answer from a state that is not the one kept: better not to start at all.
+        logger.critical("Maxine cannot start: %s", exc)
+        raise SystemExit(1) from None
     try:
         await stopping.wait()
         logger.info("Shutting down: no new connections; in-flight requests get %ss.", settings.shutdown_timeout)

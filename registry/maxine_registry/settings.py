@@ -221,6 +221,44 @@ class Settings:
         30.0, env="UDP_MAX_SKEW", help="Seconds a signed datagram's timestamp may be off from the registry's clock."
     )
 
+    persistence_enabled: bool = setting(
+        False, env="PERSISTENCE_ENABLED", help="Keep the registry's state across restarts (see --persistence-type)."
+    )
+    persistence_type: str = setting(
+        "file",
+        env="PERSISTENCE_TYPE",
+        help="Where the state is kept: a local file, or a Redis that several replicas share.",
+        choices=("file", "redis"),
+    )
+    persistence_file: str = setting(
+        "registry.json",
+        env="PERSISTENCE_FILE",
+        help="The file store's snapshot (its journal is beside it); a directory means registry.json in it.",
+    )
+    persistence_flush_ms: int = setting(
+        0,
+        env="PERSISTENCE_FLUSH_MS",
+        help="File store: 0 makes each write durable before its answer; N groups writes, a crash loses at most N ms.",
+    )
+    redis_url: str = setting(
+        "",
+        env="REDIS_URL",
+        help="redis://, rediss:// or unix:// address of Redis; wins over REDIS_HOST and REDIS_PORT (never logged).",
+        secret=True,
+    )
+    redis_host: str = setting("127.0.0.1", env="REDIS_HOST", help="Redis host, when REDIS_URL is not set.")
+    redis_port: int = setting(6379, env="REDIS_PORT", help="Redis port, when REDIS_URL is not set.")
+    redis_password: str = setting("", env="REDIS_PASSWORD", help="Redis password (never logged).", secret=True)
+    federation_enabled: bool = setting(
+        False, env="FEDERATION_ENABLED", help="Ask peer registries on a local miss and replicate registrations to them."
+    )
+    federation_peers: str = setting(
+        "", env="FEDERATION_PEERS", help="Comma-separated peer URLs, each optionally as name=URL (none by default)."
+    )
+    federation_timeout: int = setting(
+        5000, env="FEDERATION_TIMEOUT", help="Milliseconds a peer gets to answer one request."
+    )
+
     def public(self) -> dict[str, Any]:
         """The settings as they may be logged: secrets that are set show as '***'."""
         values = dataclasses.asdict(self)
@@ -301,6 +339,76 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(
         host=parts.hostname, port=port if port is not None else MQTT_SCHEMES[parts.scheme], tls=parts.scheme == "mqtts"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """A federation peer from the settings: its name and base URL."""
+
+    name: str
+    url: str
+
+
+MAX_PEER_NAME_LENGTH = 64
+_PEER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_peer_url(url: str, *, source: str) -> str:
+    """An http:// or https:// base URL of a peer registry, without its trailing slash; ``SettingsError`` otherwise."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            f"{source}: a peer must be an http:// or https:// URL with a host, got {redact_url(url)!r}."
+        )
+    try:
+        parts.port  # noqa: B018 -- reading it is what validates it
+    except ValueError:
+        raise SettingsError(f"{source}: the peer URL {redact_url(url)!r} has an invalid port.") from None
+    if parts.query or parts.fragment:
+        raise SettingsError(f"{source}: a peer URL takes no query or fragment, got {redact_url(url)!r}.")
+    return url.strip().rstrip("/")
+
+
+def check_peer_name(name: str, *, source: str) -> str:
+    if len(name) > MAX_PEER_NAME_LENGTH or not _PEER_NAME_RE.fullmatch(name):
+        raise SettingsError(
+            f"{source}: a peer name is 1 to {MAX_PEER_NAME_LENGTH} letters, digits, '.', '_' and '-', got {name!r}."
+        )
+    return name
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be logged or shown: a password in it becomes ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def parse_peer_list(text: str) -> list[PeerAddress]:
+    """``FEDERATION_PEERS``: ``url`` or ``name=url``, comma-separated; a bare URL is named after its host and port."""
+    peers: list[PeerAddress] = []
+    for item in text.split(","):
+        entry = item.strip()
+        if not entry:
+            continue
+        name, equals, url = entry.partition("=")
+        if not equals or "://" in name:
+            name, url = "", entry
+        url = check_peer_url(url, source="FEDERATION_PEERS")
+        if not name:
+            parts = urllib.parse.urlsplit(url)
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{parts.hostname}-{parts.port or parts.scheme}").strip("-._")
+        peers.append(PeerAddress(name=check_peer_name(name.strip(), source="FEDERATION_PEERS"), url=url))
+    names = [peer.name for peer in peers]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"FEDERATION_PEERS names a peer twice: {', '.join(sorted(names))}.")
+    return peers
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _flag(name: str) -> str:
@@ -438,6 +546,7 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError("AUDIT_LOG_MAX_AGE and AUDIT_LOG_BACKUPS must not be negative.")
     if settings.jaeger_endpoint and not settings.jaeger_endpoint.startswith(("http://", "https://")):
         raise SettingsError(f"JAEGER_ENDPOINT must be an http:// or https:// URL, got {settings.jaeger_endpoint!r}.")
+    _check_persistence(settings)
     if settings.jaeger_endpoint.rstrip("/").endswith("/api/traces"):
         raise SettingsError(
             "JAEGER_ENDPOINT names Jaeger's Thrift collector (/api/traces); Maxine sends OTLP: "
@@ -466,3 +575,27 @@ def _check_transports(settings: Settings) -> None:
         )
     if not 1 <= settings.udp_max_skew <= 3600:
         raise SettingsError(f"UDP_MAX_SKEW must be from 1 to 3600 seconds, got {settings.udp_max_skew}.")
+
+
+MAX_FLUSH_MS = 60_000
+MAX_FEDERATION_TIMEOUT_MS = 600_000
+
+
+def _check_persistence(settings: Settings) -> None:
+    """Persistence and federation settings; a Redis URL is checked without ever echoing it (it may hold a password)."""
+    if not 0 <= settings.persistence_flush_ms <= MAX_FLUSH_MS:
+        raise SettingsError(
+            f"PERSISTENCE_FLUSH_MS must be from 0 to {MAX_FLUSH_MS}, got {settings.persistence_flush_ms}."
+        )
+    if not settings.persistence_file.strip():
+        raise SettingsError("PERSISTENCE_FILE must name a file or a directory.")
+    if settings.redis_url and urllib.parse.urlsplit(settings.redis_url).scheme not in REDIS_SCHEMES:
+        raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix:// (its value is not shown).")
+    if not 1 <= settings.redis_port <= 65535:
+        raise SettingsError(f"REDIS_PORT must be from 1 to 65535, got {settings.redis_port}.")
+    if not 1 <= settings.federation_timeout <= MAX_FEDERATION_TIMEOUT_MS:
+        raise SettingsError(
+            f"FEDERATION_TIMEOUT must be from 1 to {MAX_FEDERATION_TIMEOUT_MS} milliseconds, "
+            f"got {settings.federation_timeout}."
+        )
+    parse_peer_list(settings.federation_peers)

@@ -23,9 +23,11 @@ from maxine_registry.http import (
     configs,
     dashboard,
     dependencies,
+    federation,
     governance,
     graphql,
     mesh,
+    persistence,
     prometheus,
     traces,
     websocket,
@@ -230,6 +232,8 @@ FEATURES: list[Feature] = [
     _tracing,
     admin.setup,
     mesh.setup,
+    persistence.setup,
+    federation.setup,
 ]
 
 
