@@ -255,6 +255,17 @@ def node_value(instance: Instance) -> dict[str, Any]:
     }
 
 
+def _same_registration(instance: Instance, value: Any) -> bool:
+    """Does a node entry register exactly what the instance holds already?"""
+    if not isinstance(value, dict) or value.get("ttl") != instance.ttl:
+        return False
+    try:
+        metadata_json = orjson.dumps(value.get("metadata") or {})
+    except TypeError:
+        return False
+    return metadata_json == instance.metadata_json
+
+
 def node_key(value: Mapping[str, Any]) -> str:
     return make_node_id(str(value.get("serviceName")), str(value.get("host")), int(value.get("port") or 0))
 
@@ -506,6 +517,10 @@ class StateModel:
                 registry.expire(change.key)
             else:
                 registry.deregister(change.key)
+            return
+        existing = registry.get_instance(change.key)
+        if existing is not None and _same_registration(existing, change.value):
+            # Nothing to change, and leases here are not what the change is about: skip the validation.
             return
         try:
             registry.register(self._registration(change.value))
