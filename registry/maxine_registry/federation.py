@@ -25,6 +25,10 @@ listed peers; for every registry to see every instance, list the peers both ways
 
 Peer URLs are http:// or https://, with an optional path prefix; credentials in them are sent as
 HTTP Basic auth and are never logged or shown (``***``).
+
+TODO: LATER: a peer with auth on refuses replicated writes (401, not retried): peers need a token
+setting of their own. Peers added through the API are not persisted, and writes that arrive over
+gRPC or UDP are not replicated (replication hooks the HTTP routes).
 """
 
 from __future__ import annotations

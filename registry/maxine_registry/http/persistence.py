@@ -17,6 +17,9 @@ With Redis, a write to the registry's own routes is refused before it changes an
 is unreachable (503 ``persistence_unavailable``); other writes find out when they commit.
 
 ``GET /api/maxine/serviceops/persistence`` tells how the store is doing.
+
+TODO: LATER: the gRPC transport answers writes without awaiting ``Operations.persist()``: its writes
+are written by the next flush (within milliseconds) but acknowledged before they are durable.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def setup(app: web.Application, operations: Operations) -> None:
         redis_store = RedisStore(settings=settings, model=model, tracker=tracker)
         operations.registration_guards.append(redis_store.guard_registration)
         registry.heartbeat_listeners.append(redis_store.note_heartbeat)
+        # TODO: LATER: every replica runs its own active health checks of every instance; one prober per
+        # instance (the leader, or a shard by node id) would spare the instances N probes.
         # Leases end for every replica at once, decided by the leader replica through Redis.
         registry.expires_leases = False
         store = redis_store

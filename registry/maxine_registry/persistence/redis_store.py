@@ -6,7 +6,7 @@ without Redis; a write changes the local state, is written to Redis, and is answ
 Redis has it. The other replicas learn of it from a Redis Stream of changes and apply it to their
 memory, usually within a millisecond or two.
 
-Keys (all share the hash tag ``{maxine}``, so that the scripts also run on Redis Cluster):
+Keys (all share the hash tag ``{maxine}``, one hash slot, as Redis Cluster would need for the scripts):
 
 - ``{maxine}:state:<kind>``: a hash per kind (``node``, ``traffic``, ``configs``, ``governance``,
   ``dependencies``, ...; see ``state``), entry key to the entry's JSON.
@@ -209,6 +209,8 @@ def redis_address(settings: Settings) -> str:
 
 def connect(settings: Settings) -> aioredis.Redis:
     """A client for the settings' Redis; it does not retry by itself (the store decides when to try again)."""
+    # TODO: LATER: one Redis address only. Sentinel (redis.asyncio.sentinel) needs settings for the sentinels
+    # and the master's name; Cluster needs the cluster client (the keys already share one hash slot).
     options: dict[str, Any] = {
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,

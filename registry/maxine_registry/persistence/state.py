@@ -553,6 +553,9 @@ class StateModel:
         registry.put_traffic(change.key, distribution=distribution, retired=retired)
 
     def _apply_part(self, kind: str, changes: Sequence[Change], *, strict: bool) -> None:
+        # TODO: LATER: a part is exported, changed and prepared whole for each batch of changes, which costs
+        # time in proportion to the part (fine for ACLs and dependencies, slow for a config store of 100k
+        # entries); per-key apply methods on the parts would make it proportional to the change.
         layout = self.layout(kind)
         part = self.parts[kind]
         before = layout.split(part.export())
