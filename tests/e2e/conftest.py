@@ -1,13 +1,19 @@
 """
-Fixtures for the end-to-end tests: a registry process and demo service processes registered with it.
+Fixtures for the end-to-end tests: a registry process and demo service processes registered with it,
+and the local cluster (``local_cluster``) of the whole-deployment run.
 
 ``demo_services`` starts copies of ``demo_service.py`` as real subprocesses, each on its own free
 loopback port, and returns once the registry lists every one of them; at teardown it stops those
 still running. Each service's output goes to a file, shown when it fails to come up.
+
+``local_cluster`` is an ``e2e.local.LocalCluster`` on this test's Redis and registry processes:
+the test starts its parts step by step, and every process it started is stopped at teardown
+(killed if stuck), before the registry and Redis fixtures stop theirs.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -17,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from e2e.local import LocalCluster
 
 if TYPE_CHECKING:
-    from conftest import MaxineProcess, MaxineProcessFactory
+    from conftest import MaxineProcess, MaxineProcessFactory, RedisServer
 
 LOOPBACK = "127.0.0.1"
 DEMO_SERVICE = Path(__file__).with_name("demo_service.py")
@@ -123,3 +130,30 @@ def demo_services(
         yield factory
     finally:
         factory.stop_all()
+
+
+# Transports the local run does not use; off, so that its registry never takes a fixed port.
+LOCAL_REGISTRY_ENV = {"GRPC_ENABLED": "false", "UDP_ENABLED": "false", "MQTT_ENABLED": "false"}
+
+
+@pytest.fixture
+def local_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+    maxine_process: MaxineProcessFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> Iterator[LocalCluster]:
+    """The local run's orchestrator, on a real Redis; whatever the test started in it is stopped at teardown."""
+    for name, value in LOCAL_REGISTRY_ENV.items():
+        monkeypatch.setenv(name, value)
+    # The run reports its progress as INFO lines: kept (and shown with the failure) without any flag.
+    caplog.set_level(logging.INFO, logger="e2e")
+    caplog.set_level(logging.INFO, logger="test_local_cluster")
+    cluster = LocalCluster(
+        workdir=tmp_path_factory.mktemp("local-cluster"), redis=redis_server, maxine_processes=maxine_process
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
