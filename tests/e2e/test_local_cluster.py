@@ -73,6 +73,8 @@ SIDECAR_SETTINGS = {
 }
 # The operator looks at the registry's health and pushes everything again only every minute: within
 # the run, whatever a restarted registry holds came from Redis, not from the operator.
+# TODO: LATER: a run where Redis itself comes back empty, so that the operator's restart watchdog must
+# repair the registry; the operator tests cover the watchdog, but only against a registry without Redis.
 OPERATOR_FLAGS = ("--resync-interval", "60", "--health-interval", "60", "--retry-delay", "0.5")
 
 # Bounds. A dead node leaves discovery within its lease plus this (Redis-side expiry, polling).
