@@ -5,7 +5,8 @@ One task runs the loop. Each turn asks the app whether it is ready, then moves t
 that answer asks for:
 
 - ready and not registered: register; on success start the SDK's keep-alive loop, which heartbeats
-  and registers again by itself when the registry answers ``not_registered`` (it restarted empty);
+  (over HTTP, or as UDP datagrams) and registers again by itself when the registry says it does not
+  know the node (it restarted empty);
   on failure wait with exponential backoff and full jitter before the next turn, so that the pods
   of a whole cluster do not hit a registry that comes back in one wave;
 - not ready (for ``readiness_failures`` checks in a row) and registered: stop heartbeating and
@@ -236,7 +237,9 @@ class Sidecar:
 
         self._registry_failures = 0
         self.registrations += 1
-        self._keeper = self._client.keep_alive(registration, interval=settings.heartbeat_interval)
+        self._keeper = self._client.keep_alive(
+            registration, interval=settings.heartbeat_interval, transport=settings.heartbeat_transport
+        )
         self._enter(State.REGISTERED, nodeId=registration.node_id, ttl=registration.ttl, interval=self._keeper.interval)
         return settings.readiness_interval
 

@@ -51,6 +51,8 @@ async def run(settings: SidecarSettings) -> int:
         retries=CLIENT_RETRIES,
         backoff_base=CLIENT_BACKOFF_BASE,
         backoff_cap=CLIENT_BACKOFF_CAP,
+        udp_port=settings.udp_port or None,
+        udp_key=settings.udp_hmac_key,
     ) as client:
         probe = ReadinessProbe(
             url=settings.readiness_url,

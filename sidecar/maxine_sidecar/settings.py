@@ -47,10 +47,12 @@ MAX_TTL = 86400.0
 BACKOFF_BASE = 0.5
 # The longest SERVICE_METADATA accepted, as JSON: the registry's default limit for instance metadata.
 MAX_METADATA_BYTES = 16 * 1024
+# The registry refuses shorter UDP keys; one here could never sign a datagram it takes.
+MIN_UDP_HMAC_KEY_BYTES = 32
 # Longest interval, timeout or period accepted anywhere: a day is far past any sensible value.
 MAX_SECONDS = 86400.0
 
-HEARTBEAT_TRANSPORTS = ("http",)
+HEARTBEAT_TRANSPORTS = ("http", "udp")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 READINESS_SCHEMES = ("http", "https")
@@ -156,7 +158,22 @@ class SidecarSettings:
         parse=_seconds,
     )
     heartbeat_transport: str = setting(
-        "http", env="HEARTBEAT_TRANSPORT", help="How heartbeats travel.", choices=HEARTBEAT_TRANSPORTS
+        "http",
+        env="HEARTBEAT_TRANSPORT",
+        help="How heartbeats travel: http, or udp (one datagram per beat; registration stays on HTTP).",
+        choices=HEARTBEAT_TRANSPORTS,
+    )
+    udp_port: int = setting(
+        0,
+        env="UDP_PORT",
+        help="The registry's UDP heartbeat port, on MAXINE_URL's host; 0: the port number of MAXINE_URL.",
+        parse=_integer,
+    )
+    udp_hmac_key: str | None = setting(
+        None,
+        env="UDP_HMAC_KEY",
+        help="The registry's UDP_HMAC_KEY, to sign UDP heartbeats (32 bytes or more); never logged.",
+        secret=True,
     )
     readiness_url: str | None = setting(
         None,
@@ -334,6 +351,12 @@ def _checked(settings: SidecarSettings) -> SidecarSettings:
         raise SettingsError(f"READINESS_FAILURES must be from 1 to 100, got {settings.readiness_failures}.")
     if settings.backoff_cap < BACKOFF_BASE:
         raise SettingsError(f"BACKOFF_CAP must be at least {BACKOFF_BASE} seconds, got {settings.backoff_cap}.")
+
+    # UDP heartbeats.
+    if not 0 <= settings.udp_port <= 65535:
+        raise SettingsError(f"UDP_PORT must be from 0 to 65535, got {settings.udp_port}.")
+    if settings.udp_hmac_key is not None and len(settings.udp_hmac_key.encode()) < MIN_UDP_HMAC_KEY_BYTES:
+        raise SettingsError(f"UDP_HMAC_KEY must be at least {MIN_UDP_HMAC_KEY_BYTES} bytes, as the registry requires.")
 
     # The sidecar's own endpoint.
     if not 0 <= settings.healthz_port <= 65535:

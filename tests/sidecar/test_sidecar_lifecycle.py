@@ -277,3 +277,38 @@ def test_logs_json_lines_and_never_the_token(
         ("stopping", "stopped"),
     ]
     assert token not in running.logs()
+
+
+UDP_KEY = "sidecar-udp-test-key-0123456789abcdef"
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_udp_heartbeats_keep_the_lease_and_bring_the_node_back_after_a_registry_restart(
+    maxine_process: MaxineProcessFactory, ready_app: AppFactory, sidecar: SidecarFactory, signed: bool
+) -> None:
+    key_args = ["--udp-hmac-key", UDP_KEY] if signed else []
+    registry = maxine_process(args=["--heartbeat-events", "--heartbeat-event-interval", "0", *key_args])
+    running, node_id = registered_sidecar(
+        registry=registry,
+        ready_app=ready_app,
+        sidecar=sidecar,
+        service_name="orders",
+        HEARTBEAT_TRANSPORT="udp",
+        **({"UDP_HMAC_KEY": UDP_KEY} if signed else {}),
+    )
+    assert running.healthz()[1]["heartbeatTransport"] == "udp"
+
+    # Datagrams only: the registry counts each as a heartbeat, and the lease of 2 s holds across many of them.
+    wait_until(
+        lambda: node_events(registry, node_id).count("service_heartbeat") >= 8,
+        what="eight UDP heartbeats from the sidecar",
+    )
+    events = node_events(registry, node_id)
+    assert events.count("service_registered") == 1
+    assert "service_unhealthy" not in events
+
+    # A new registry on the same port answers the next datagram with "not registered"; the node comes back.
+    registry.kill()
+    restarted = maxine_process(port=registry.port, args=key_args)
+    wait_until(lambda: node_id in restarted.node_ids("orders"), what="the node in the restarted registry")
+    assert running.wait_for_state("registered")["reregistrations"] >= 1

@@ -34,6 +34,8 @@ def test_defaults_point_at_loopback_only() -> None:
     assert settings.host == "127.0.0.1"
     assert settings.readiness_url is None
     assert settings.heartbeat_transport == "http"
+    assert settings.udp_port == 0
+    assert settings.udp_hmac_key is None
 
 
 def test_the_pod_identity_comes_from_the_downward_api_variables() -> None:
@@ -88,6 +90,8 @@ def test_a_flag_beats_its_variable() -> None:
         ({"HEALTHZ_PORT": "9000"}, "HEALTHZ_PORT (9000) is the app's SERVICE_PORT"),
         ({"BACKOFF_CAP": "0.1"}, "BACKOFF_CAP must be at least 0.5"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of text, json"),
+        ({"UDP_PORT": "-1"}, "UDP_PORT must be from 0 to 65535"),
+        ({"UDP_HMAC_KEY": "short"}, "UDP_HMAC_KEY must be at least 32 bytes"),
     ],
 )
 def test_a_bad_setting_is_refused_with_its_name(environ: dict[str, str], message: str) -> None:
@@ -131,13 +135,17 @@ def test_a_readiness_url_that_could_leave_the_pod_is_refused(url: str, message: 
     assert message in str(refused.value)
 
 
-def test_the_token_is_never_in_a_repr_or_the_logged_settings() -> None:
-    settings = settings_from({"MAXINE_TOKEN": "s3cr3t-token"})
+def test_secrets_are_never_in_a_repr_or_the_logged_settings() -> None:
+    key = "k" * 32
+    settings = settings_from({"MAXINE_TOKEN": "s3cr3t-token", "UDP_HMAC_KEY": key})
 
     assert settings.token == "s3cr3t-token"
-    assert "s3cr3t-token" not in repr(settings)
+    assert settings.udp_hmac_key == key
+    for secret in ("s3cr3t-token", key):
+        assert secret not in repr(settings)
+        assert secret not in str(settings.loggable())
     assert settings.loggable()["token"] == "set"
-    assert "s3cr3t-token" not in str(settings.loggable())
+    assert settings.loggable()["udp_hmac_key"] == "set"
 
 
 def test_the_command_exits_2_with_a_message_on_a_bad_setting() -> None:
