@@ -102,6 +102,8 @@ def split_summary(spec: Spec) -> str:
     return ",".join(f"{split['version']}={split['weight']}" for split in spec["splits"])
 
 
+# TODO: LATER: two resources for the same service (two splits, two ACLs) overwrite each other in the registry,
+# last writer wins; the operator could detect the overlap and mark the younger one not Synced.
 class TrafficSplitBinding(Binding):
     resource = crds.TRAFFIC_SPLIT
 

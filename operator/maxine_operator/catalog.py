@@ -60,6 +60,8 @@ def _slice_port(slice_ports: Iterable[Mapping[str, Any]], wanted: str | None) ->
     return next((int(port["port"]) for port in ports if port.get("name") == wanted), None)
 
 
+# TODO: LATER: one port per Service is registered; a Service with several named ports would need one
+# registration per port, or ports in the instance metadata.
 def ready_endpoints(slices: Iterable[Mapping[str, Any]], *, port: str | None) -> list[Endpoint]:
     """The ready addresses of these EndpointSlices, with the port chosen as the module docstring says."""
     found: set[Endpoint] = set()

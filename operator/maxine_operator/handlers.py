@@ -78,6 +78,8 @@ class OperatorState:
         self.mesh = MeshEmitter(kube=self.kube, meshes=config.meshes)
         self.desired: dict[ObjectKey, Desired] = {}
         self.pokes: dict[tuple[str, str], asyncio.Event] = {}
+        # One writer at a time for the shared access objects of a destination, so the last write saw every rule.
+        self.destination_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.watchdog = RegistryWatchdog(api=self.api, interval=config.health_interval, on_restart=self.push_all)
 
     def __repr__(self) -> str:
@@ -275,14 +277,17 @@ def intention_owners(state: OperatorState, *, namespace: str) -> list[IntentionO
 
 async def emit_destination(state: OperatorState, *, namespace: str, destination: str) -> list[str]:
     """Write the access objects of one destination from every intention about it; the objects written."""
-    owners = intention_owners(state, namespace=namespace)
-    relevant = [owner for owner in owners if owner.destination in (destination, "*")]
-    # Only the resources that name the destination own its objects: a wildcard rule outlives any one service.
-    references = [owner.reference for owner in relevant if owner.destination == destination]
-    if not references:
-        return []
-    objects = await state.mesh.access_objects(destination=destination, owners=relevant, namespace=namespace)
-    return await state.mesh.apply(objects, owners=references)
+    lock = state.destination_locks.setdefault((namespace, destination), asyncio.Lock())
+    async with lock:
+        # Read the rules inside the lock: whoever writes last has seen every rule written before it.
+        owners = intention_owners(state, namespace=namespace)
+        relevant = [owner for owner in owners if owner.destination in (destination, "*")]
+        # Only the resources that name the destination own its objects: a wildcard rule outlives any one service.
+        references = [owner.reference for owner in relevant if owner.destination == destination]
+        if not references:
+            return []
+        objects = await state.mesh.access_objects(destination=destination, owners=relevant, namespace=namespace)
+        return await state.mesh.apply(objects, owners=references)
 
 
 async def emit_mesh(state: OperatorState, binding: Binding, *, body: kopf.Body, spec: Mapping[str, Any]) -> list[str]:

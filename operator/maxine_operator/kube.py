@@ -77,6 +77,8 @@ class KubeClient:
             await self._session.close()
         self._session = None
 
+    # TODO: LATER: a 401 here does not ask kopf to log in again; new credentials arrive only when kopf's own
+    # calls hit a 401 first (its re-login calls ``connect``), which covers rotated tokens in practice.
     async def request(
         self,
         method: str,

@@ -124,6 +124,9 @@ def split_state(spec: Mapping[str, Any]) -> MeshState:
 
 
 def access_state(owners: Iterable[IntentionOwner]) -> AccessRules:
+    # TODO: LATER: the registry's INTENTIONS_DEFAULT is taken to be "allow"; a registry run with "deny" needs
+    # the operator to learn it (a flag, or the registry exposing it) so that mesh objects deny by default too.
+    # TODO: LATER: ACLs and the blacklist are not part of the mesh objects yet, only intentions are.
     intentions = sorted(
         {(owner.source, owner.destination): owner.action for owner in owners}.items(), key=lambda item: item[0]
     )
@@ -187,6 +190,7 @@ class MeshEmitter:
 
     async def split_objects(self, *, spec: Mapping[str, Any], namespace: str) -> list[dict[str, Any]]:
         state = split_state(spec)
+        # TODO: LATER: flags for the mesh's trust domain and the cluster's DNS domain (both cluster.local here).
         options = KubernetesOptions(namespace=namespace)
         installed = await self.installed()
         objects: list[dict[str, Any]] = []

@@ -110,6 +110,8 @@ def sidecar_container(
     }
 
 
+# TODO: LATER: a registry with auth on needs MAXINE_TOKEN in the sidecar, from a Secret the pod names in an
+# annotation; until then such pods must carry the variable themselves.
 def injection(pod: Mapping[str, Any], *, image: str, registry_url: str) -> tuple[dict[str, Any] | None, list[str]]:
     """
     The container to add to this pod (None when nothing is to be done), and warnings for the user.

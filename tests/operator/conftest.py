@@ -244,6 +244,12 @@ class Cluster:
     async def events(self) -> list[dict[str, Any]]:
         return await self.list("v1", "events")
 
+    async def has_event(self, *, reason: str, type: str | None = None) -> None:
+        """An Event with this reason (and type) exists; kopf posts Events in the background, so poll with it."""
+        events = await self.events()
+        found = [event for event in events if event.get("reason") == reason and type in (None, event.get("type"))]
+        assert found, f"No {type or ''} Event {reason!r} among {[event.get('reason') for event in events]}"
+
 
 class RegistryView:
     """Reads of the registry under the operator, over HTTP (aiohttp, so the test's loop keeps running)."""
