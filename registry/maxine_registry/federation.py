@@ -46,6 +46,7 @@ import aiohttp
 import orjson
 
 from maxine_registry.errors import Conflict, InvalidInput, NotFound
+from maxine_registry.identity import CALLER_HEADER
 from maxine_registry.model import Instance
 from maxine_registry.registry import Registry
 from maxine_registry.settings import PeerAddress, SettingsError, check_peer_name, check_peer_url, redact_url
@@ -337,32 +338,39 @@ class Federation:
 
     # Lookups on a miss.
 
-    async def lookup(self, query: Mapping[str, str]) -> tuple[str, bytes] | None:
-        """The first successful answer of any peer to this discover, with the peer's name; None if none answers."""
+    async def lookup(self, query: Mapping[str, str], *, caller: str | None = None) -> tuple[str, bytes] | None:
+        """
+        The first successful answer of any peer to this discover, with the peer's name; None if none answers.
+
+        The caller's name goes along, so that each peer's own ACLs and intentions decide as for a local caller.
+        """
         if not self.peers or self._session is None:
             return None
         self.lookups += 1
         params = {name: query[name] for name in LOOKUP_PARAMETERS if name in query}
-        tasks = [asyncio.create_task(self._ask(peer, params)) for peer in list(self.peers.values())]
         try:
+            # The deadline covers waiting for a slot too: a flood of misses queues, and each still ends in time.
             async with asyncio.timeout(self.timeout), self._lookup_slots:
-                for next_answer in asyncio.as_completed(tasks):
-                    found = await next_answer
-                    if found is not None:
-                        self.lookup_hits += 1
-                        return found
+                headers = {CALLER_HEADER: caller} if caller else {}
+                tasks = [asyncio.create_task(self._ask(peer, params, headers)) for peer in list(self.peers.values())]
+                try:
+                    for next_answer in asyncio.as_completed(tasks):
+                        found = await next_answer
+                        if found is not None:
+                            self.lookup_hits += 1
+                            return found
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
         except TimeoutError:
             pass
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         return None
 
-    async def _ask(self, peer: Peer, params: Mapping[str, str]) -> tuple[str, bytes] | None:
+    async def _ask(self, peer: Peer, params: Mapping[str, str], headers: Mapping[str, str]) -> tuple[str, bytes] | None:
         assert self._session is not None
         try:
-            async with self._session.get(peer.url + "/discover", params=params) as response:
+            async with self._session.get(peer.url + "/discover", params=params, headers=headers) as response:
                 body = await response.read()
                 if response.status != 200:
                     return None

@@ -144,3 +144,16 @@ def test_heartbeats_keep_the_copies_alive_and_a_restarted_peer_gets_the_instance
     )
 
     wait_until(lambda: node_id not in restarted.node_ids("orders"), what="the copy ends once heartbeats stop")
+
+
+def test_a_peer_applies_its_own_rules_to_the_caller_of_a_relayed_lookup(federated: Federated) -> None:
+    a, b = federated(["a", "b"], peers={"a": ["b"]})
+    register(b, "payments")
+    acl = {"serviceName": "payments", "allow": ["web"], "deny": []}
+    assert request(b.base_url + "/api/maxine/serviceops/acl/set", method="POST", body=acl)[0] == 200
+
+    allowed = request(a.base_url + "/discover?serviceName=payments&caller=web")
+    refused = request(a.base_url + "/discover?serviceName=payments&caller=batch")
+
+    assert allowed[0] == 200
+    assert (refused[0], refused[1]["code"]) == (404, "service_not_found")

@@ -32,7 +32,7 @@ from maxine_registry.federation import (
     REGISTER,
     Federation,
 )
-from maxine_registry.http.common import JSON, SERVICEOPS_PREFIX, Handler, read_json, respond
+from maxine_registry.http.common import JSON, SERVICEOPS_PREFIX, Handler, read_json, request_caller, respond
 from maxine_registry.operations import Operations, ok
 from maxine_registry.settings import parse_peer_list
 
@@ -71,7 +71,7 @@ def federation_middleware(federation: Federation) -> Middleware:
             except NotFound as miss:
                 if from_peer or miss.code != "service_not_found":
                     raise
-                found = await federation.lookup(request.query)
+                found = await federation.lookup(request.query, caller=request_caller(request))
                 if found is None:
                     raise
                 peer_name, body = found
