@@ -59,6 +59,8 @@ class State(enum.StrEnum):
 
 # How the SDK's keep-alive loop reports its last heartbeat, as the sidecar's state. "failing" is an
 # unexpected error inside the SDK; to an operator it looks like heartbeats that do not get through.
+# TODO: LATER: over UDP a beat has no answer, so a registry that is gone without an ICMP error coming back
+# (another node, a firewall) leaves the state at "registered"; an occasional HTTP beat would tell.
 _KEEPER_STATES = {
     "healthy": State.REGISTERED,
     "unreachable": State.REGISTRY_UNREACHABLE,

@@ -77,6 +77,8 @@ class ReadinessProbe:
         if self._session is None:
             # One connection is plenty for one check every few seconds; the environment's proxies are ignored
             # (aiohttp's default), so a check never leaves the pod through a proxy.
+            # TODO: LATER: an https:// check verifies the app's certificate like any client; an app on loopback
+            # with a self-signed one needs a setting to trust it (a CA file), which does not exist yet.
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout), connector=aiohttp.TCPConnector(limit=1)
             )

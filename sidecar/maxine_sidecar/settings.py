@@ -122,6 +122,8 @@ class SidecarSettings:
         env="MAXINE_URL",
         help="The registry's base URL; in a cluster the chart sets it to the registry's Service.",
     )
+    # TODO: LATER: a token file re-read when the registry answers 401, so that a rotated Secret takes effect
+    # without restarting the pod; today the token is read once, from the environment.
     token: str | None = setting(
         None, env="MAXINE_TOKEN", help="Bearer token for the registry when its auth is on; never logged.", secret=True
     )
