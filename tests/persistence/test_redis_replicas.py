@@ -203,3 +203,22 @@ def test_a_replica_that_missed_changes_catches_up(
     expected = {f"orders:10.0.0.5:{port}" for port in range(8080, 8092)}
     wait_until(lambda: second.node_ids("orders") == expected, what="the second replica catches up")
     assert status(second)["resyncs"] >= 2
+
+
+def test_state_wiped_from_a_running_redis_is_written_back_and_followed(
+    maxine_process: MaxineProcessFactory, redis_server: RedisServer
+) -> None:
+    first, second = start_replicas(maxine_process, redis_server, 2)
+    register(first, port=8080)
+    wait_until(partial(discovers, second), what="the second replica follows")
+
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+    # The first write after the wipe finds the state gone; the replica writes its memory back, and writes go on.
+    wait_until(lambda: register(first, port=8081)[0] == 200, what="writes are taken again after the wipe")
+    expected = {"orders:10.0.0.5:8080", "orders:10.0.0.5:8081"}
+    wait_until(lambda: second.node_ids("orders") == expected, what="the second replica follows the new state")

@@ -415,6 +415,10 @@ class RedisStore(Store):
         changes: list[Change] = []
         for entry_id, fields in entries:
             seq = int(fields[b"seq"])
+            if fields[b"kind"] == b"resync":
+                # Another replica wrote the state anew (Redis had lost it): its numbering starts over.
+                self._need_resync = True
+                break
             if seq <= self.applied_seq:
                 continue
             if seq != self.applied_seq + 1:
@@ -425,11 +429,7 @@ class RedisStore(Store):
                 break
             self._last_id = entry_id
             self.applied_seq = seq
-            kind = _text(fields[b"kind"])
-            if kind == "resync":
-                self._need_resync = True
-                break
-            change = self._decode(kind, fields)
+            change = self._decode(_text(fields[b"kind"]), fields)
             if change is not None:
                 change = self._unless_superseded(change, seq=seq, origin=_text(fields[b"origin"]))
             if change is not None:
