@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from graphql import (
@@ -42,7 +42,6 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
-    GraphQLResolveInfo,
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
@@ -63,6 +62,10 @@ from maxine_registry.operations import Operations
 from maxine_registry.registry import Service
 
 logger = logging.getLogger(__name__)
+
+# graphql-core 3.3 made GraphQLResolveInfo generic and 3.2 is not; resolvers read only ``context``
+# from it, so it is typed loosely here to check cleanly under both.
+ResolveInfo: TypeAlias = Any
 
 MAX_QUERY_LENGTH = 10_000
 MAX_QUERY_TOKENS = 1000
@@ -336,17 +339,17 @@ class GraphQLApi:
 
     # Queries.
 
-    def resolve_services(self, _root: object, _info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    def resolve_services(self, _root: object, _info: ResolveInfo) -> list[dict[str, Any]]:
         return [_service_view(service) for service in sorted(self.operations.registry.services(), key=_by_name)]
 
-    def resolve_service(self, _root: object, _info: GraphQLResolveInfo, *, serviceName: str) -> dict[str, Any] | None:
+    def resolve_service(self, _root: object, _info: ResolveInfo, *, serviceName: str) -> dict[str, Any] | None:
         service = self.operations.registry.get_service(validate_service_name(serviceName))
         return _service_view(service) if service is not None else None
 
     def resolve_discover(
         self,
         _root: object,
-        info: GraphQLResolveInfo,
+        info: ResolveInfo,
         *,
         serviceName: str,
         ip: str | None = None,
@@ -380,7 +383,7 @@ class GraphQLApi:
     def resolve_register(
         self,
         _root: object,
-        _info: GraphQLResolveInfo,
+        _info: ResolveInfo,
         *,
         serviceName: str,
         nodeName: str,
@@ -402,7 +405,7 @@ class GraphQLApi:
         return registered | {"serviceName": serviceName, "nodeName": node_name}
 
     def resolve_deregister(
-        self, _root: object, _info: GraphQLResolveInfo, *, serviceName: str, nodeName: str
+        self, _root: object, _info: ResolveInfo, *, serviceName: str, nodeName: str
     ) -> dict[str, Any]:
         node_id = self._node_id(validate_service_name(serviceName), _node_name(nodeName))
         deregistered: dict[str, Any] = orjson.loads(self.operations.deregister({"nodeId": node_id}, {}).body)
