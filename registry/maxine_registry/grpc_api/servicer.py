@@ -95,7 +95,7 @@ class MaxineServicer(maxine_pb2_grpc.MaxineServicer):
             document = orjson.loads(self.operations.register(registration_body(request)).body)
             return pb.RegisterResponse(node_id=document["nodeId"], address=document["address"], ttl=document["ttl"])
 
-        return await self._serve(context, rpc="Register", answer=answer)
+        return await self._serve(context, rpc="Register", answer=answer, durable=True)
 
     async def Discover(self, request: pb.DiscoverRequest, context: Context) -> pb.Instance:
         def answer(identity: Identity | None) -> pb.Instance:
@@ -122,7 +122,7 @@ class MaxineServicer(maxine_pb2_grpc.MaxineServicer):
             document = orjson.loads(self.operations.deregister(node_body(request.node_id), {}).body)
             return pb.DeregisterResponse(node_id=document["nodeId"], deregistered=document["deregistered"])
 
-        return await self._serve(context, rpc="Deregister", answer=answer)
+        return await self._serve(context, rpc="Deregister", answer=answer, durable=True)
 
     # The stream.
 
@@ -175,12 +175,22 @@ class MaxineServicer(maxine_pb2_grpc.MaxineServicer):
 
     # Shared steps.
 
-    async def _serve(self, context: Context, *, rpc: str, answer: Callable[[Identity | None], Answer]) -> Answer:
-        """Count the call, check who calls, and run ``answer``; a refusal or a failure ends the call."""
+    async def _serve(
+        self, context: Context, *, rpc: str, answer: Callable[[Identity | None], Answer], durable: bool = False
+    ) -> Answer:
+        """
+        Count the call, check who calls, and run ``answer``; a refusal or a failure ends the call.
+
+        A ``durable`` call (one that changes state) is answered only once persistence holds the
+        change, as the HTTP transports do.
+        """
         stats = self.operations.stats
         stats.requests += 1
         try:
-            return answer(self._authorize(context, rpc=rpc))
+            result = answer(self._authorize(context, rpc=rpc))
+            if durable:
+                await self.operations.persist()
+            return result
         except MaxineError as error:
             refusal = error
         except Exception:

@@ -18,8 +18,7 @@ is unreachable (503 ``persistence_unavailable``); other writes find out when the
 
 ``GET /api/maxine/serviceops/persistence`` tells how the store is doing.
 
-TODO: LATER: the gRPC transport answers writes without awaiting ``Operations.persist()``: its writes
-are written by the next flush (within milliseconds) but acknowledged before they are durable.
+The gRPC transport awaits the same commit before it answers Register and Deregister.
 """
 
 from __future__ import annotations
