@@ -401,6 +401,17 @@ async def operator_runner(cluster: Cluster) -> AsyncIterator[OperatorRunner]:
         operator = OperatorThread(config=config, login=login)
         running.append(operator)
         await operator.start()
+
+        # Ready is not yet watching: wait for the watch of every kind, so deadlines measure reactions, not start-up.
+        async def watching_every_kind() -> None:
+            watched = {
+                request.resource.plural
+                for request in list(cluster.emulator)
+                if request.action == kmock.action.WATCH and request.resource is not None
+            }
+            assert {resource.plural for resource in crds.CUSTOM_RESOURCES} <= watched
+
+        await eventually(watching_every_kind, deadline=OPERATOR_START_TIMEOUT)
         return config
 
     yield start
