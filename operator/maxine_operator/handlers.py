@@ -140,7 +140,6 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
 def _new_status(
     *,
     body: kopf.Body,
-    binding: Binding,
     synced: status.Condition,
     ready: status.Condition,
     applied: Record | None,
@@ -218,7 +217,7 @@ async def reconcile(state: OperatorState, binding: Binding, *, body: kopf.Body, 
         _patch_status(
             body=body,
             patch=patch,
-            new=_new_status(body=body, binding=binding, synced=synced, ready=ready, applied=previous),
+            new=_new_status(body=body, synced=synced, ready=ready, applied=previous),
         )
         if temporary:
             raise kopf.TemporaryError(message, delay=state.config.retry_delay) from exc
@@ -252,7 +251,7 @@ async def reconcile(state: OperatorState, binding: Binding, *, body: kopf.Body, 
         status.SYNCED, True, status.REASON_SYNCED, f"The registry holds {binding.describe(spec)}."
     )
     _announce_flip(body=body, synced=synced)
-    new = _new_status(body=body, binding=binding, synced=synced, ready=ready, applied=record, extra=extra)
+    new = _new_status(body=body, synced=synced, ready=ready, applied=record, extra=extra)
     if _patch_status(body=body, patch=patch, new=new):
         logger.debug("Status of %s %s/%s updated.", binding.resource.kind, body.metadata.namespace, body.metadata.name)
 
