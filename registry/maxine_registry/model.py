@@ -88,6 +88,9 @@ def normalize_host(value: object) -> str:
     labels = name.split(".")
     if not name or any(len(label) > 63 or not _HOST_LABEL_RE.fullmatch(label) for label in labels):
         raise InvalidInput(f"host {value!r} is neither an IP address nor a valid DNS name.")
+    # A name whose last label is all digits reads as an IPv4 address (256.1.1.1, 1.2.3.4.5): a typo, not a host.
+    if labels[-1].isdigit():
+        raise InvalidInput(f"host {value!r} is not a valid IP address.")
     return name
 
 

@@ -288,3 +288,41 @@ async def test_a_client_that_does_not_read_answers_stops_being_read(front: Front
     writer.close()
 
     assert answers == count
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /servers HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"POST /config/set HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ],
+    ids=["bad-header-after-hand-over", "bad-chunk-size"],
+)
+async def test_malformed_requests_for_aiohttp_routes_also_get_json(front: Front, raw: bytes) -> None:
+    reader, writer = await front.connect()
+
+    writer.write(raw)
+    status, headers, body = await read_response(reader)
+    writer.close()
+
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    assert body["code"] == "bad_request"
+
+
+async def test_a_request_trickled_byte_by_byte_still_times_out(front_factory: Callable[..., Any]) -> None:
+    front = await front_factory(request_timeout=0.5)
+    reader, writer = await front.connect()
+
+    async def trickle() -> None:
+        for _ in range(40):
+            writer.write(b"X-Slow: 1\r\n")
+            await asyncio.sleep(0.1)
+
+    writer.write(b"POST /register HTTP/1.1\r\nHost: x\r\n")
+    sender = asyncio.create_task(trickle())
+    status, _, body = await read_response(reader)
+    sender.cancel()
+
+    assert status == 408
+    assert body["code"] == "request_timeout"

@@ -85,3 +85,9 @@ def test_node_ids_are_parsed_from_the_right(node_id: str, parsed: NodeRef) -> No
 def test_malformed_node_ids_are_refused(node_id: object) -> None:
     with pytest.raises(InvalidInput):
         parse_node_ref(node_id)
+
+
+@pytest.mark.parametrize("host", ["256.256.256.256", "1.2.3.4.5", "999.1.1.1", "10.0.0"])
+def test_numbers_that_are_not_ip_addresses_are_not_host_names_either(host: str) -> None:
+    with pytest.raises(InvalidInput):
+        normalize_host(host)

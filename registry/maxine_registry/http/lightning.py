@@ -37,10 +37,12 @@ from urllib.parse import parse_qsl
 
 import httptools
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from maxine_registry.errors import InvalidInput, MaxineError, PayloadTooLarge
 from maxine_registry.http.common import SERVICEOPS_PREFIX
-from maxine_registry.identity import caller_name
+from maxine_registry.identity import CALLER_HEADER, caller_name
 from maxine_registry.operations import Operations, Reply, decode_body, error_body
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,10 @@ def _deregister(operations: Operations, request: ParsedRequest) -> Reply:
 
 
 def _discover(operations: Operations, request: ParsedRequest) -> Reply:
-    caller = caller_name(identity=None, headers=request.headers, query=request.query)
+    # Header names are kept in lower case here; caller_name asks in the canonical spelling.
+    declared = request.headers.get(CALLER_HEADER.lower())
+    headers = {CALLER_HEADER: declared} if declared is not None else {}
+    caller = caller_name(identity=None, headers=headers, query=request.query)
     return operations.discover(
         request.query, client_ip=request.peer, forwarded_for=request.forwarded_for, caller=caller
     )
@@ -119,6 +124,38 @@ def render(status: int, body: bytes, *, keep_alive: bool) -> bytes:
     if not keep_alive:
         head += b"\r\nConnection: close"
     return head + b"\r\n\r\n" + body
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """
+    aiohttp's connection handler, answering its own protocol errors in Maxine's JSON shape.
+
+    aiohttp refuses a request it cannot parse (a bad chunk size, a malformed header after the
+    hand-over) before any route or middleware runs, with a plain-text page and an ERROR log line
+    with a traceback. A malformed request is the client's mistake: it gets the JSON error every
+    other refusal gets, and the log gets one debug line.
+    """
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        logger.debug("Refused a malformed request from %s: %s", request.remote, exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("The answer has begun; no error can be sent any more.")
+        error = MaxineError(
+            f"The request is malformed: {exc or message or HTTPStatus(status).phrase}.", code="bad_request"
+        )
+        error.status = status
+        response = web.Response(status=status, body=error_body(error), content_type="application/json")
+        response.force_close()
+        return response
+
+
+def json_error_protocol(server: web.Server) -> RequestHandler:
+    """An aiohttp connection handler for ``server``, as ``server()`` would make, with JSON protocol errors."""
+    return JsonErrorRequestHandler(server, loop=server._loop, **server._kwargs)
 
 
 class LightningServer:
@@ -203,6 +240,7 @@ class LightningProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         # When the connection times out, on the loop's clock; 0 when no timeout runs.
         self.deadline = 0.0
+        self._request_pending = False
         self._handed_over = False
 
     # asyncio.Protocol
@@ -273,7 +311,7 @@ class LightningProtocol(asyncio.Protocol):
                 if len(buffer) - offset > MAX_HEADER_BYTES:
                     self._refuse(431, "The request headers are too large.", code="headers_too_large")
                     return
-                self._arm(self.server.request_timeout)
+                self._arm_request()
                 break
             head_end += 4
             if head_end - offset > MAX_HEADER_BYTES:
@@ -317,7 +355,7 @@ class LightningProtocol(asyncio.Protocol):
             if len(buffer) < head_end + length:
                 # The body is still on its way; the header block is parsed again once it is here.
                 self._parser = httptools.HttpRequestParser(self)
-                self._arm(self.server.request_timeout)
+                self._arm_request()
                 break
             if length:
                 request.body = bytes(buffer[head_end : head_end + length])
@@ -370,7 +408,7 @@ class LightningProtocol(asyncio.Protocol):
         pending = bytes(self._buffer[offset:])
         self._buffer.clear()
 
-        protocol = self.server.fallback()
+        protocol = json_error_protocol(self.server.fallback)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if pending:
@@ -402,9 +440,17 @@ class LightningProtocol(asyncio.Protocol):
 
     def _arm(self, seconds: float) -> None:
         self.deadline = self.loop.time() + seconds
+        self._request_pending = False
+
+    def _arm_request(self) -> None:
+        """Start the clock of a request that has begun to arrive, unless it is running already."""
+        if not self._request_pending:
+            self.deadline = self.loop.time() + self.server.request_timeout
+            self._request_pending = True
 
     def _disarm(self) -> None:
         self.deadline = 0.0
+        self._request_pending = False
 
     def on_timeout(self) -> None:
         self.deadline = 0.0
