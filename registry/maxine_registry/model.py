@@ -172,12 +172,14 @@ class NodeRuntime:
     whose deadline passes is dropped, so clients that never report cannot pin a node as busy.
     """
 
-    __slots__ = ("breaker", "ewma_ms", "health_changes", "inflight", "samples")
+    __slots__ = ("breaker", "ewma_ms", "failures", "health_changes", "inflight", "samples", "successes")
 
     def __init__(self) -> None:
         self.inflight: deque[float] = deque()
         self.ewma_ms: float | None = None
         self.samples = 0
+        self.successes = 0
+        self.failures = 0
         self.breaker: CircuitBreaker | None = None
         self.health_changes: deque[float] = deque(maxlen=32)
 

@@ -322,6 +322,10 @@ class Registry:
             if not runtime.inflight:
                 self._busy.discard(instance)
 
+        if success:
+            runtime.successes += 1
+        else:
+            runtime.failures += 1
         sample = response_ms if success else max(response_ms or 0.0, FAILURE_PENALTY_MS)
         if sample is not None:
             runtime.samples += 1
@@ -353,6 +357,10 @@ class Registry:
                 "nextRetry": None,
             }
         )
+        if runtime is not None:
+            # Counted since the node was registered, including outcomes from before it had a breaker.
+            view["totalFailures"] = runtime.failures
+            view["totalSuccesses"] = runtime.successes
         return {"nodeId": instance.node_id, **view}
 
     def anomalies(self) -> list[dict[str, Any]]:

@@ -185,3 +185,14 @@ async def test_bad_outcome_reports_are_refused(api: Client, registry: Registry, 
     assert response.status == 400
     node = registry.resolve("orders:10.0.0.1:1")
     assert node.runtime is None or node.runtime.samples == 0
+
+
+def test_the_breaker_view_counts_every_outcome_since_registration(registry: Registry) -> None:
+    node = add(registry, 1)
+
+    for _ in range(7):
+        registry.record_outcome(node, response_ms=5, success=True)
+    fail(registry, node, 2)
+
+    view = registry.breaker_view(node.node_id)
+    assert (view["totalSuccesses"], view["totalFailures"], view["failures"]) == (7, 2, 2)
