@@ -18,11 +18,11 @@ import gc
 import logging
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from maxine_registry.events import EventBus
-from maxine_registry.grpc_api import GrpcServer
 from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
 from maxine_registry.http.app import has_request_middleware
@@ -33,6 +33,9 @@ from maxine_registry.persistence import PersistenceStartError
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
 from maxine_registry.udp import UdpHeartbeatServer, udp_heartbeat_server
+
+if TYPE_CHECKING:
+    from maxine_registry.grpc_api import GrpcServer
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,9 @@ class MaxineServer:
     async def _start_transports(self) -> None:
         settings = self.settings
         if settings.grpc_enabled:
+            # grpcio costs about 18 MiB: loaded only where gRPC is on.
+            from maxine_registry.grpc_api import GrpcServer  # noqa: PLC0415
+
             self.grpc = GrpcServer(
                 operations=self.operations,
                 host=settings.host,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -35,12 +36,15 @@ from maxine_registry.persistence import (
     ChangeTracker,
     FileStore,
     PersistenceStartError,
-    RedisStore,
     StateModel,
     Store,
     resolve_path,
 )
 from maxine_registry.persistence.state import NODE, REGISTRY_PART, TRAFFIC, TrackedPart
+
+if TYPE_CHECKING:
+    # Loaded at run time only where the Redis store is chosen: the client library costs memory.
+    from maxine_registry.persistence.redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +54,12 @@ WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 GUARDED_SUFFIXES = ("/register", "/deregister", "/traffic/set", "/traffic/shift", "/version/promote", "/version/retire")
 
 
-def durable_writes(store: Store) -> Middleware:
+def durable_writes(store: FileStore | RedisStore) -> Middleware:
     @web.middleware
     async def durable(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in WRITE_METHODS:
             return await handler(request)
-        if isinstance(store, RedisStore) and (
+        if not isinstance(store, FileStore) and (
             request.path.endswith(GUARDED_SUFFIXES)
             or (request.path.endswith("/traffic") and request.method == "DELETE")
         ):
@@ -103,8 +107,10 @@ def setup(app: web.Application, operations: Operations) -> None:
         tracker=tracker,
         max_metadata_bytes=settings.max_metadata_bytes,
     )
-    store: Store
+    store: FileStore | RedisStore
     if settings.persistence_type == "redis":
+        from maxine_registry.persistence.redis_store import RedisStore  # noqa: PLC0415
+
         redis_store = RedisStore(settings=settings, model=model, tracker=tracker)
         operations.registration_guards.append(redis_store.guard_registration)
         registry.heartbeat_listeners.append(redis_store.note_heartbeat)
@@ -130,16 +136,14 @@ def setup(app: web.Application, operations: Operations) -> None:
         _track_restores(operations, tracker)
         tracker.watch_parts(list(operations.snapshot_parts))
         try:
-            if isinstance(store, (FileStore, RedisStore)):
-                await store.start()
+            await store.start()
         except PersistenceStartError:
             tracker.close()
             raise
         try:
             yield
         finally:
-            if isinstance(store, (FileStore, RedisStore)):
-                await store.stop()
+            await store.stop()
             tracker.close()
 
     app.cleanup_ctx.append(lifespan)

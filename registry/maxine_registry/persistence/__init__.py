@@ -11,7 +11,6 @@ settings ask for; the HTTP feature (``maxine_registry.http.persistence``) opens 
 from __future__ import annotations
 
 from maxine_registry.persistence.file_store import FileStore, PersistenceFileError, resolve_path
-from maxine_registry.persistence.redis_store import RedisStore
 from maxine_registry.persistence.state import ChangeTracker, StateModel
 from maxine_registry.persistence.store import PersistenceStartError, PersistenceUnavailable, Store
 
@@ -21,7 +20,6 @@ __all__ = [
     "PersistenceFileError",
     "PersistenceStartError",
     "PersistenceUnavailable",
-    "RedisStore",
     "StateModel",
     "Store",
     "resolve_path",
