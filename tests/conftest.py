@@ -264,21 +264,26 @@ def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen[bytes]
     raise RuntimeError(f"Nothing accepted connections on {LOOPBACK}:{port} within {timeout} s.")
 
 
-class MosquittoBroker:
-    """A real mosquitto on a loopback port, anonymous, without persistence; it can be killed and restarted."""
+class LoopbackServer:
+    """
+    A real server binary on a loopback port, with its log in a file; it can be killed and started again.
 
-    def __init__(self, *, binary: str, port: int, workdir: Path) -> None:
+    Subclasses give the command line; starting waits until the port accepts connections.
+    """
+
+    kind = "server"
+
+    def __init__(self, *, binary: str, port: int, workdir: Path, scheme: str) -> None:
         self.binary = binary
         self.port = port
         self.host = LOOPBACK
-        self.url = f"mqtt://{LOOPBACK}:{port}"
-        self.config_path = workdir / "mosquitto.conf"
-        self.log_path = workdir / "mosquitto.log"
-        self.config_path.write_text(f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\n")
+        self.url = f"{scheme}://{LOOPBACK}:{port}"
+        self.workdir = workdir
+        self.log_path = workdir / f"{self.kind}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
-        return f"MosquittoBroker(url={self.url!r}, running={self.running})"
+        return f"{type(self).__name__}(url={self.url!r}, running={self.running})"
 
     @property
     def running(self) -> bool:
@@ -287,11 +292,12 @@ class MosquittoBroker:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
+            self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
             wait_for_port(self.port, timeout=STARTUP_TIMEOUT, process=self.process)
         except RuntimeError as exc:
@@ -299,7 +305,7 @@ class MosquittoBroker:
             raise RuntimeError(f"{self!r} did not start: {exc}\n{self.logs()}") from None
 
     def kill(self) -> None:
-        """SIGKILL: the broker vanishes mid-connection, as in a crash."""
+        """SIGKILL: the server vanishes mid-connection with whatever it held, as in a crash."""
         if self.process is not None and self.running:
             self.process.kill()
         if self.process is not None:
@@ -312,6 +318,20 @@ class MosquittoBroker:
                 self.process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class MosquittoBroker(LoopbackServer):
+    """A real mosquitto on a loopback port, anonymous, without persistence."""
+
+    kind = "mosquitto"
+
+    def __init__(self, *, binary: str, port: int, workdir: Path) -> None:
+        super().__init__(binary=binary, port=port, workdir=workdir, scheme="mqtt")
+        self.config_path = workdir / "mosquitto.conf"
+        self.config_path.write_text(f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\n")
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.config_path)]
 
 
 @pytest.fixture
@@ -377,59 +397,23 @@ def browser_page() -> Iterator[BrowserPage]:
             browser.close()
 
 
-class RedisServer:
-    """A real redis-server on a loopback port, keeping nothing on disk; it can be killed and started again."""
+class RedisServer(LoopbackServer):
+    """A real redis-server on a loopback port, keeping nothing on disk."""
+
+    kind = "redis"
 
     def __init__(self, *, binary: str, port: int, workdir: Path) -> None:
-        self.binary = binary
-        self.port = port
-        self.host = LOOPBACK
-        self.url = f"redis://{LOOPBACK}:{port}"
-        self.workdir = workdir
-        self.log_path = workdir / "redis.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __repr__(self) -> str:
-        return f"RedisServer(url={self.url!r}, running={self.running})"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        super().__init__(binary=binary, port=port, workdir=workdir, scheme="redis")
 
     def maxine_args(self) -> list[str]:
         """The flags that make a registry keep its state in this Redis."""
         return ["--persistence-enabled", "--persistence-type", "redis", "--redis-url", self.url]
 
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def start(self) -> None:
-        command = [
+    def command(self) -> list[str]:
+        return [
             self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
             "--dir", str(self.workdir),
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        try:
-            wait_for_port(self.port, timeout=STARTUP_TIMEOUT, process=self.process)
-        except RuntimeError as exc:
-            self.kill()
-            raise RuntimeError(f"{self!r} did not start: {exc}\n{self.logs()}") from None
-
-    def kill(self) -> None:
-        """SIGKILL: Redis vanishes with everything it held, as it does when it crashes without persistence."""
-        if self.process is not None and self.running:
-            self.process.kill()
-        if self.process is not None:
-            self.process.wait(timeout=STOP_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.running:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture
