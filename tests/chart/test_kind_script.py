@@ -45,12 +45,21 @@ def test_a_passing_run_installs_checks_discovery_and_deletes_the_cluster(run_kin
         "helm install maxine",
         "kubectl --context kind-maxine-e2e apply -f",
         "kubectl --context kind-maxine-e2e --namespace shop wait",
-        "kubectl --context kind-maxine-e2e --namespace maxine port-forward service/maxine 18080:8080",
         "curl -fsS --max-time 2 http://127.0.0.1:18080/discover?serviceName=demo-echo",
         "kind delete cluster --name maxine-e2e",
     ]
     positions = [next(index for index, call in enumerate(run.calls) if call.startswith(step)) for step in steps]
     assert positions == sorted(positions), run.calls
+    # The port-forward runs in the background, so its place among the curl polls is not fixed;
+    # it must have started after the install and before the cluster went away.
+    forward = next(
+        index
+        for index, call in enumerate(run.calls)
+        if call.startswith(
+            "kubectl --context kind-maxine-e2e --namespace maxine port-forward service/maxine 18080:8080"
+        )
+    )
+    assert positions[3] < forward < positions[-1], run.calls
     install = next(call for call in run.calls if call.startswith("helm install"))
     for setting in ("image.repository=maxine", "image.tag=e2e", "image.pullPolicy=Never", "webhook.enabled=true"):
         assert setting in install
