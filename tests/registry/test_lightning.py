@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import pytest
 from aiohttp import web
 
 from maxine_registry.http import create_app
-from maxine_registry.http.lightning import MAX_HEADER_BYTES, LightningServer
+from maxine_registry.http.lightning import MAX_HEADER_BYTES, LightningServer, _query
 from maxine_registry.operations import Operations
 from maxine_registry.registry import Registry
 from maxine_registry.settings import Settings
@@ -326,3 +327,24 @@ async def test_a_request_trickled_byte_by_byte_still_times_out(front_factory: Ca
 
     assert status == 408
     assert body["code"] == "request_timeout"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/discover?serviceName=orders&tags=a,b&version=1.0",
+        b"/discover?a=1&a=2&b=&c",
+        b"/discover?x=%20y&z=a+b",
+        b"/discover?&&a=1",
+        b"/discover?a==b;c",
+        b"/discover?name=%E2%9C%93",
+        b"/discover",
+    ],
+)
+def test_the_query_reads_as_aiohttp_reads_it(target: bytes) -> None:
+    raw = target.partition(b"?")[2].decode()
+    expected: dict[str, str] = {}
+    for name, value in parse_qsl(raw, keep_blank_values=True):
+        expected.setdefault(name, value)
+
+    assert _query(target) == expected

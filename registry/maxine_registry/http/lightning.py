@@ -468,6 +468,13 @@ def _query(target: bytes) -> dict[str, str]:
     if not raw:
         return {}
     query: dict[str, str] = {}
+    if b"%" not in raw and b"+" not in raw:
+        # Nothing to unescape (the usual discover query): a plain split gives what parse_qsl would.
+        for pair in raw.decode("utf-8", "replace").split("&"):
+            if pair:
+                name, _, value = pair.partition("=")
+                query.setdefault(name, value)
+        return query
     for name, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
         query.setdefault(name, value)
     return query
