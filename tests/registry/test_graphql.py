@@ -265,6 +265,7 @@ async def test_get_runs_queries_and_refuses_mutations(api: Client) -> None:
     assert await query.json() == {"data": {"service": {"nodeCount": 1}}}
     assert mutation.status == 405
     assert (await mutation.json())["errors"][0]["extensions"]["code"] == "method_not_allowed"
+    assert mutation.headers["Allow"] == "POST"
 
 
 async def test_get_without_a_query_serves_the_offline_playground(api: Client) -> None:

@@ -74,7 +74,11 @@ def _context(request: web.Request) -> RequestContext:
 
 
 def _render(reply: GraphQLReply) -> web.Response:
-    return web.Response(body=orjson.dumps(reply.document), status=reply.status, content_type=JSON)
+    response = web.Response(body=orjson.dumps(reply.document), status=reply.status, content_type=JSON)
+    if reply.status == 405:
+        # Only a mutation sent with GET is refused this way; POST takes it.
+        response.headers["Allow"] = "POST"
+    return response
 
 
 async def post_graphql(request: web.Request) -> web.Response:
