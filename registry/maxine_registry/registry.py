@@ -30,7 +30,7 @@ from maxine_registry.breakers import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, Cir
 from maxine_registry.errors import Conflict, InvalidInput, NoInstance, NotFound, NotRegistered, Unavailable
 from maxine_registry.events import EventBus
 from maxine_registry.leases import DEFAULT_RESOLUTION, LeaseWheel
-from maxine_registry.model import DEFAULT_VERSION, NO_TAGS, Instance, format_address, parse_node_ref
+from maxine_registry.model import DEFAULT_VERSION, NO_TAGS, Instance, format_address, make_node_id, parse_node_ref
 from maxine_registry.registration import Registration
 from maxine_registry.strategies import CandidateSet, PickContext, Strategy
 from maxine_registry.traffic import TrafficPolicy
@@ -198,7 +198,7 @@ class Registry:
 
         ref = parse_node_ref(node_ref)
         if ref.service_name is not None:
-            instance = self._nodes.get(f"{ref.service_name}:{ref.host}:{ref.port}")
+            instance = self._nodes.get(make_node_id(ref.service_name, ref.host, ref.port))
             if instance is None:
                 raise NotRegistered(f"Node {node_ref!r} is not registered; register it again.")
             return instance
@@ -218,7 +218,7 @@ class Registry:
     def register(self, registration: Registration) -> RegisterResult:
         now = self.clock()
         ttl = registration.ttl if registration.ttl is not None else self.default_ttl
-        node_id = f"{registration.service_name}:{registration.host}:{registration.port}"
+        node_id = make_node_id(registration.service_name, registration.host, registration.port)
 
         existing = self._nodes.get(node_id)
         if existing is not None:

@@ -67,8 +67,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             message = f"The request body exceeds the limit of {limit} bytes."
         else:
             message = f"{exc.reason}: {request.method} {request.path}."
-        http_error = MaxineError(message, code=HTTP_ERROR_CODES.get(exc.status, "http_error"))
-        http_error.status = exc.status
+        http_error = MaxineError(message, code=HTTP_ERROR_CODES.get(exc.status, "http_error"), status=exc.status)
         response = error_response(http_error)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]

@@ -145,9 +145,10 @@ class JsonErrorRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("The answer has begun; no error can be sent any more.")
         error = MaxineError(
-            f"The request is malformed: {exc or message or HTTPStatus(status).phrase}.", code="bad_request"
+            f"The request is malformed: {exc or message or HTTPStatus(status).phrase}.",
+            code="bad_request",
+            status=status,
         )
-        error.status = status
         response = web.Response(status=status, body=error_body(error), content_type="application/json")
         response.force_close()
         return response
@@ -253,8 +254,9 @@ class LightningProtocol(asyncio.Protocol):
 
         server = self.server
         if server.open_connections >= server.max_connections or server.closing:
-            error = MaxineError("The registry has too many open connections; try again.", code="too_many_connections")
-            error.status = 503
+            error = MaxineError(
+                "The registry has too many open connections; try again.", code="too_many_connections", status=503
+            )
             self.transport.write(render(503, error_body(error), keep_alive=False))
             self.transport.close()
             return
@@ -415,8 +417,7 @@ class LightningProtocol(asyncio.Protocol):
             protocol.data_received(pending)
 
     def _refuse(self, status: int, message: str, *, code: str) -> None:
-        error = InvalidInput(message, code=code)
-        error.status = status
+        error = InvalidInput(message, code=code, status=status)
         self.operations.stats.requests += 1
         self.operations.stats.errors += 1
         if self.transport is not None:
