@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import kopf
 
@@ -30,6 +31,17 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     value = env.get(name)
     return default if value is None or value == "" else value.strip().lower() in TRUE_WORDS
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, *, kind: type[float] | type[int]) -> Any:
+    """A number from the environment; a value that is not one stops the start, naming the variable."""
+    value = env.get(name)
+    if value is None or value == "":
+        return kind(default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number ({kind.__name__}), got {value!r}.") from None
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int | None:
@@ -72,25 +84,25 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add(
         "--resync-interval",
         type=float,
-        default=float(env.get("MAXINE_OPERATOR_RESYNC_INTERVAL", defaults.DEFAULT_RESYNC_INTERVAL)),
+        default=_env_number(env, "MAXINE_OPERATOR_RESYNC_INTERVAL", defaults.DEFAULT_RESYNC_INTERVAL, kind=float),
         help="seconds between pushes of each resource [MAXINE_OPERATOR_RESYNC_INTERVAL]",
     )
     add(
         "--health-interval",
         type=float,
-        default=float(env.get("MAXINE_OPERATOR_HEALTH_INTERVAL", defaults.DEFAULT_HEALTH_INTERVAL)),
+        default=_env_number(env, "MAXINE_OPERATOR_HEALTH_INTERVAL", defaults.DEFAULT_HEALTH_INTERVAL, kind=float),
         help="seconds between registry health checks [MAXINE_OPERATOR_HEALTH_INTERVAL]",
     )
     add(
         "--retry-delay",
         type=float,
-        default=float(env.get("MAXINE_OPERATOR_RETRY_DELAY", defaults.DEFAULT_RETRY_DELAY)),
+        default=_env_number(env, "MAXINE_OPERATOR_RETRY_DELAY", defaults.DEFAULT_RETRY_DELAY, kind=float),
         help="seconds before retrying a push the registry could not take [MAXINE_OPERATOR_RETRY_DELAY]",
     )
     add(
         "--cleanup-timeout",
         type=float,
-        default=float(env.get("MAXINE_OPERATOR_CLEANUP_TIMEOUT", defaults.DEFAULT_CLEANUP_TIMEOUT)),
+        default=_env_number(env, "MAXINE_OPERATOR_CLEANUP_TIMEOUT", defaults.DEFAULT_CLEANUP_TIMEOUT, kind=float),
         help="seconds a deletion waits for an unreachable registry [MAXINE_OPERATOR_CLEANUP_TIMEOUT]",
     )
     add(
@@ -102,7 +114,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add(
         "--catalog-ttl",
         type=float,
-        default=float(env.get("MAXINE_OPERATOR_CATALOG_TTL", defaults.DEFAULT_CATALOG_TTL)),
+        default=_env_number(env, "MAXINE_OPERATOR_CATALOG_TTL", defaults.DEFAULT_CATALOG_TTL, kind=float),
         help="lease of catalog registrations, in seconds [MAXINE_OPERATOR_CATALOG_TTL]",
     )
     add(
@@ -136,7 +148,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add(
         "--webhook-port",
         type=int,
-        default=int(env.get("MAXINE_OPERATOR_WEBHOOK_PORT", defaults.DEFAULT_WEBHOOK_PORT)),
+        default=_env_number(env, "MAXINE_OPERATOR_WEBHOOK_PORT", defaults.DEFAULT_WEBHOOK_PORT, kind=int),
         help="the webhook's HTTPS port [MAXINE_OPERATOR_WEBHOOK_PORT]",
     )
     add(
