@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -27,7 +27,14 @@ from maxine_registry.registration import Registration, parse_registration, parse
 from maxine_registry.registry import Registry, parse_tag_filter
 from maxine_registry.settings import Settings
 from maxine_registry.snapshots import SnapshotPart
-from maxine_registry.strategies import DEFAULT_STRATEGY, HOLDS_SLOTS, PickContext, resolve_strategy
+from maxine_registry.strategies import (
+    DEFAULT_STRATEGY,
+    HOLDS_SLOTS,
+    READS_CLIENT_ADDRESS,
+    PickContext,
+    Strategy,
+    resolve_strategy,
+)
 from maxine_registry.traffic import parse_distribution
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -35,8 +42,25 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_EVENTS_LIMIT = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryPlan:
+    """A discover query, parsed and checked; see ``Operations.plan_discovery``."""
+
+    service_name: str
+    strategy: Strategy
+    version: str | None
+    tags: frozenset[str]
+    key: str | None
+    region: str | None
+    zone: str | None
+    hold_slot: bool
+    # The pick context when the strategy does not depend on the caller's address, else None.
+    shared_context: PickContext | None
+
+
+class Reply(NamedTuple):
+    """A status and a JSON body. A tuple, not a frozen dataclass: it is made once per request, and cheaper."""
+
     status: int
     body: bytes
 
@@ -214,28 +238,68 @@ class Operations:
         forwarded_for: str | None = None,
         caller: str | None = None,
     ) -> Reply:
-        # A name the registry knows is valid already; the checks run only for names it does not know.
-        service_name = query.get("serviceName")
-        if not isinstance(service_name, str) or self.registry.get_service(service_name) is None:
-            service_name = validate_service_name(service_name)
+        plan = self.plan_discovery(query)
+        return self.discover_planned(plan, client_ip=client_ip, forwarded_for=forwarded_for, caller=caller)
+
+    def plan_discovery(self, query: Mapping[str, str]) -> DiscoveryPlan:
+        """
+        Everything a discover query says, checked once: which service, strategy, version and tags.
+
+        A plan depends on the query alone, never on what is registered, so a transport that sees
+        the same query again (a sidecar asks for the same service over and over) may keep the plan
+        and skip the parsing and checks.
+        """
+        service_name = validate_service_name(query.get("serviceName"))
         strategy_name = query.get("loadBalancing") or query.get("strategy") or DEFAULT_STRATEGY
         strategy = resolve_strategy(strategy_name)
-        context = PickContext(
-            rng=self.registry.rng,
-            client_ip=self.client_address(client_ip, forwarded_for),
-            key=query.get("key") or None,
-            region=query.get("region") or None,
-            zone=query.get("zone") or None,
-            hold_slot=strategy_name in HOLDS_SLOTS,
+        tags = parse_tag_filter(query.get("tags"))
+        key = query.get("key") or None
+        region = query.get("region") or None
+        zone = query.get("zone") or None
+        hold_slot = strategy_name in HOLDS_SLOTS
+
+        # A strategy that never reads the caller's address gets one context for every request.
+        shared_context = (
+            None
+            if strategy_name in READS_CLIENT_ADDRESS
+            else PickContext(rng=self.registry.rng, key=key, region=region, zone=zone, hold_slot=hold_slot)
         )
-        if self.discovery_guards:
-            self.guard_discovery(service_name, caller=caller, client_ip=context.client_ip)
-        instance = self.registry.discover(
-            service_name,
+        return DiscoveryPlan(
+            service_name=service_name,
             strategy=strategy,
             version=query.get("version") or None,
-            tags=parse_tag_filter(query.get("tags")),
-            context=context,
+            tags=tags,
+            key=key,
+            region=region,
+            zone=zone,
+            hold_slot=hold_slot,
+            shared_context=shared_context,
+        )
+
+    def discover_planned(
+        self,
+        plan: DiscoveryPlan,
+        *,
+        client_ip: str | None = None,
+        forwarded_for: str | None = None,
+        caller: str | None = None,
+    ) -> Reply:
+        if forwarded_for:
+            client_ip = self.client_address(client_ip, forwarded_for)
+        if self.discovery_guards:
+            self.guard_discovery(plan.service_name, caller=caller, client_ip=client_ip)
+        context = plan.shared_context
+        if context is None:
+            context = PickContext(
+                rng=self.registry.rng,
+                client_ip=client_ip,
+                key=plan.key,
+                region=plan.region,
+                zone=plan.zone,
+                hold_slot=plan.hold_slot,
+            )
+        instance = self.registry.discover(
+            plan.service_name, strategy=plan.strategy, version=plan.version, tags=plan.tags, context=context
         )
         return Reply(200, instance.payload)
 

@@ -216,6 +216,8 @@ STRATEGIES: dict[str, Strategy] = {
 
 # Strategies that need to know what is in flight: a pick counts until its outcome is reported.
 HOLDS_SLOTS = frozenset({"least-connections", "weighted-least-connections", "least-response-time"})
+# Strategies that read the caller's address from the context; the others never look at it.
+READS_CLIENT_ADDRESS = frozenset({"consistent-hash", "ip-hash"})
 
 
 def resolve_strategy(name: str | None) -> Strategy:

@@ -131,6 +131,59 @@ async def test_a_request_split_across_many_writes_is_reassembled(front: Front) -
     assert body["nodeId"] == "orders:10.0.0.1:80"
 
 
+async def test_a_repeated_head_is_answered_from_its_own_body_and_state(front: Front, registry: Registry) -> None:
+    # The same head bytes are parsed once; what varies (the body, the registry) must still count.
+    reader, writer = await front.connect()
+    for port in (81, 82):
+        writer.write(request("POST", "/register", {**REGISTRATION, "port": port}))
+        assert (await read_response(reader))[0] == 200
+
+    discover = request("GET", "/discover?serviceName=orders")
+    writer.write(discover * 4)
+    addresses = [(await read_response(reader))[2]["address"] for _ in range(4)]
+    heartbeats = []
+    for node_id in ("orders:10.0.0.1:81", "orders:10.0.0.1:99", "orders:10.0.0.1:82"):
+        writer.write(request("POST", "/heartbeat", {"nodeId": node_id}))
+        heartbeats.append(await read_response(reader))
+    registry.deregister("orders:10.0.0.1:81")
+    writer.write(discover)
+    after = await read_response(reader)
+    good = request("POST", "/heartbeat", {"nodeId": "orders:10.0.0.1:82"})
+    writer.write(good[:-1] + b"]")
+    bad_json_same_head = await read_response(reader)
+    writer.close()
+
+    assert sorted(addresses) == ["10.0.0.1:81", "10.0.0.1:81", "10.0.0.1:82", "10.0.0.1:82"]
+    assert [(status, body["nodeId"] if status == 200 else body["code"]) for status, _, body in heartbeats] == [
+        (200, "orders:10.0.0.1:81"),
+        (404, "not_registered"),
+        (200, "orders:10.0.0.1:82"),
+    ]
+    assert after[2]["address"] == "10.0.0.1:82"
+    assert (bad_json_same_head[0], bad_json_same_head[2]["code"]) == (400, "invalid_json")
+
+
+async def test_a_repeated_head_from_another_peer_is_hashed_by_that_peer(front: Front, registry: Registry) -> None:
+    # ip-hash reads the caller's address, which is not in the head: two peers, one head, their own picks.
+    reader, writer = await front.connect()
+    for port in range(80, 90):
+        writer.write(request("POST", "/register", {**REGISTRATION, "port": port}))
+        assert (await read_response(reader))[0] == 200
+    writer.close()
+    discover = request("GET", "/discover?serviceName=orders&loadBalancing=ip-hash")
+
+    picks: dict[str, set[str]] = {}
+    for peer in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        reader, writer = await asyncio.open_connection(LOOPBACK, front.port, local_addr=(peer, 0))
+        for _ in range(3):
+            writer.write(discover)
+            picks.setdefault(peer, set()).add((await read_response(reader))[2]["address"])
+        writer.close()
+
+    assert all(len(addresses) == 1 for addresses in picks.values())
+    assert len(set().union(*picks.values())) > 1
+
+
 async def test_other_routes_are_handed_to_aiohttp_without_losing_a_byte(front: Front, registry: Registry) -> None:
     reader, writer = await front.connect()
 

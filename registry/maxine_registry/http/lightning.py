@@ -43,7 +43,7 @@ from aiohttp.web_request import BaseRequest
 from maxine_registry.errors import InvalidInput, MaxineError, PayloadTooLarge
 from maxine_registry.http.common import SERVICEOPS_PREFIX
 from maxine_registry.identity import CALLER_HEADER, caller_name
-from maxine_registry.operations import Operations, Reply, decode_body, error_body
+from maxine_registry.operations import DiscoveryPlan, Operations, Reply, decode_body, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -54,47 +54,70 @@ KEEPALIVE_TIMEOUT = 75.0
 REAP_INTERVAL = 0.25
 DEFAULT_MAX_CONNECTIONS = 10_000
 
-HotHandler = Callable[[Operations, "ParsedRequest"], Reply]
+# A hot handler gets the parsed head, the body and the peer's address, and answers with a Reply.
+HotHandler = Callable[[Operations, "Frame", bytes, "str | None"], Reply]
+
+# Heads up to this size are remembered once parsed: clients repeat the same bytes (a sidecar's
+# heartbeat, a client's discover), and a remembered head skips the parser altogether.
+MAX_CACHED_HEAD_BYTES = 1024
+HEAD_CACHE_SIZE = 4096
 
 
-class ParsedRequest:
-    """What the hot handlers need from one request; filled in by httptools callbacks."""
+class Frame:
+    """
+    What one request head says, for the hot handlers: route, query, the headers that matter.
 
-    __slots__ = ("body", "forwarded_for", "headers", "keep_alive", "peer", "query", "url")
+    A frame depends on the head's bytes alone, so byte-identical heads share one frame (see
+    ``HEAD_CACHE_SIZE``); nothing in it may depend on the connection or on the registry's state.
+    """
 
-    def __init__(self, *, peer: str | None) -> None:
-        self.peer = peer
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.body = b""
-        self.keep_alive = True
-        self.query: dict[str, str] = {}
-        self.forwarded_for: str | None = None
-
-
-def _register(operations: Operations, request: ParsedRequest) -> Reply:
-    return operations.register(decode_body(request.body))
-
-
-def _heartbeat(operations: Operations, request: ParsedRequest) -> Reply:
-    return operations.heartbeat(decode_body(request.body), request.query)
-
-
-def _deregister(operations: Operations, request: ParsedRequest) -> Reply:
-    return operations.deregister(decode_body(request.body), request.query)
-
-
-def _discover(operations: Operations, request: ParsedRequest) -> Reply:
-    # Header names are kept in lower case here; caller_name asks in the canonical spelling.
-    declared = request.headers.get(CALLER_HEADER.lower())
-    headers = {CALLER_HEADER: declared} if declared is not None else {}
-    caller = caller_name(identity=None, headers=headers, query=request.query)
-    return operations.discover(
-        request.query, client_ip=request.peer, forwarded_for=request.forwarded_for, caller=caller
+    __slots__ = (
+        "caller",
+        "forwarded_for",
+        "handler",
+        "keep_alive",
+        "length",
+        "plan",
+        "query",
+        "target",
     )
 
+    def __init__(self, *, handler: HotHandler, target: bytes, headers: dict[str, str], keep_alive: bool) -> None:
+        self.handler = handler
+        self.target = target
+        self.keep_alive = keep_alive
+        self.length = 0
+        self.query = _query(target)
+        self.forwarded_for = headers.get("x-forwarded-for")
+        # Header names are kept in lower case here; caller_name asks in the canonical spelling.
+        declared = headers.get(CALLER_HEADER.lower())
+        self.caller = caller_name(
+            identity=None, headers={CALLER_HEADER: declared} if declared is not None else {}, query=self.query
+        )
+        # The checked discover query, made on first use (see ``Operations.plan_discovery``).
+        self.plan: DiscoveryPlan | None = None
 
-def _health(operations: Operations, request: ParsedRequest) -> Reply:
+
+def _register(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+    return operations.register(decode_body(body))
+
+
+def _heartbeat(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+    return operations.heartbeat(decode_body(body), frame.query)
+
+
+def _deregister(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+    return operations.deregister(decode_body(body), frame.query)
+
+
+def _discover(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+    plan = frame.plan
+    if plan is None:
+        plan = frame.plan = operations.plan_discovery(frame.query)
+    return operations.discover_planned(plan, client_ip=peer, forwarded_for=frame.forwarded_for, caller=frame.caller)
+
+
+def _health(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
     return operations.health()
 
 
@@ -119,11 +142,31 @@ _STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".en
 _HAND_OVER_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade"})
 
 
-def render(status: int, body: bytes, *, keep_alive: bool) -> bytes:
-    head = _STATUS_LINES[status] + b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+def _head(status: int, length: int, *, keep_alive: bool) -> bytes:
+    head = _STATUS_LINES[status] + b"Content-Type: application/json\r\nContent-Length: " + str(length).encode()
     if not keep_alive:
         head += b"\r\nConnection: close"
-    return head + b"\r\n\r\n" + body
+    return head + b"\r\n\r\n"
+
+
+def render(status: int, body: bytes, *, keep_alive: bool) -> bytes:
+    return _head(status, len(body), keep_alive=keep_alive) + body
+
+
+# Response heads of keep-alive answers by status and body length: answers repeat their sizes.
+_HEADS: dict[tuple[int, int], bytes] = {}
+MAX_CACHED_HEADS = 4096
+
+
+def render_kept(status: int, body: bytes) -> bytes:
+    """``render`` for a connection that stays open, with the head built once per status and size."""
+    key = (status, len(body))
+    head = _HEADS.get(key)
+    if head is None:
+        head = _head(status, len(body), keep_alive=True)
+        if len(_HEADS) < MAX_CACHED_HEADS:
+            _HEADS[key] = head
+    return head + body
 
 
 class JsonErrorRequestHandler(RequestHandler):
@@ -179,6 +222,8 @@ class LightningServer:
         self.serve_hot_routes = serve_hot_routes
         self.max_connections = max_connections
         self.connections: set[LightningProtocol] = set()
+        # Parsed request heads by their bytes, shared by every connection (see ``Frame``).
+        self.head_cache: dict[bytes, Frame] = {}
         self.closing = False
         self._drained = asyncio.Event()
         self._reaper: asyncio.TimerHandle | None = None
@@ -234,9 +279,15 @@ class LightningProtocol(asyncio.Protocol):
         self.operations = server.operations
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
+        # The start of a request that has not fully arrived; empty between requests.
         self._buffer = bytearray()
-        self._parser = httptools.HttpRequestParser(self)
-        self._request: ParsedRequest | None = None
+        # How many buffered bytes complete that request, once its head is known; 0 while it is not.
+        self._need = 0
+        self._head_cache = server.head_cache
+        # Made when a head is first parsed; dropped when a body was announced, as it then expects one.
+        self._parser: httptools.HttpRequestParser | None = None
+        self._headers: dict[str, str] = {}
+        self._keep_alive = True
         self._message_complete = False
         self.loop = asyncio.get_running_loop()
         # When the connection times out, on the loop's clock; 0 when no timeout runs.
@@ -261,7 +312,7 @@ class LightningProtocol(asyncio.Protocol):
             self.transport.close()
             return
         if not server.serve_hot_routes:
-            self._hand_over(0)
+            self._hand_over(b"")
             return
         server.track(self)
         self._arm(self.server.keepalive_timeout)
@@ -280,134 +331,168 @@ class LightningProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._serve_buffered()
+        buffer = self._buffer
+        if buffer:
+            # Part of a request came earlier. Serve only once it can be complete, so a client that
+            # sends a byte at a time costs an append per byte, not a new copy of all it sent.
+            scan_from = max(len(buffer) - 3, 0)
+            buffer += data
+            if self._need:
+                if len(buffer) < self._need:
+                    return
+            elif buffer.find(b"\r\n\r\n", scan_from) < 0:
+                if len(buffer) > MAX_HEADER_BYTES:
+                    self._refuse(431, "The request headers are too large.", code="headers_too_large")
+                return
+            data = bytes(buffer)
+            buffer.clear()
+            self._need = 0
+        self._serve(data)
 
-    # httptools callbacks
-
-    def on_url(self, url: bytes) -> None:
-        assert self._request is not None
-        self._request.url += url
+    # httptools callbacks, called only while a head is parsed for the first time.
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._request is not None
         # The first of repeated headers counts, as with aiohttp's ``headers.get``.
-        self._request.headers.setdefault(name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape"))
+        self._headers.setdefault(name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
         # Asked here: once the message is complete, llhttp has already reset for the next one.
-        assert self._request is not None
-        self._request.keep_alive = self._parser.should_keep_alive()
+        assert self._parser is not None
+        self._keep_alive = self._parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
         self._message_complete = True
 
     # Framing and dispatch.
 
-    def _serve_buffered(self) -> None:
-        buffer = self._buffer
+    def _serve(self, data: bytes) -> None:
+        """Answer every complete request in ``data``; keep an incomplete one for later."""
         offset = 0
-        while offset < len(buffer) and not self._handed_over and self.transport is not None:
-            head_end = buffer.find(b"\r\n\r\n", offset)
+        size = len(data)
+        cache = self._head_cache
+        while offset < size:
+            head_end = data.find(b"\r\n\r\n", offset)
             if head_end < 0:
-                if len(buffer) - offset > MAX_HEADER_BYTES:
+                if size - offset > MAX_HEADER_BYTES:
                     self._refuse(431, "The request headers are too large.", code="headers_too_large")
                     return
-                self._arm_request()
-                break
+                self._keep(data, offset, need=0)
+                return
             head_end += 4
             if head_end - offset > MAX_HEADER_BYTES:
                 self._refuse(431, "The request headers are too large.", code="headers_too_large")
                 return
 
-            # Route on the request line alone; anything not hot goes to aiohttp from this byte on.
-            line_end = buffer.find(b"\r\n", offset)
-            parts = bytes(buffer[offset:line_end]).split(b" ")
-            if len(parts) != 3:
-                self._refuse(400, "The request line is malformed.", code="bad_request")
-                return
-            method, target, _version = parts
-            path = target.split(b"?", 1)[0]
-            handler = HOT_ROUTES.get((method, path))
-            if handler is None:
-                self._hand_over(offset)
-                return
+            # A head seen before is not parsed again: the same bytes say the same things.
+            head = data[offset:head_end]
+            frame = cache.get(head)
+            if frame is None:
+                frame = self._parse_head(head, data=data, offset=offset)
+                if frame is None:
+                    return  # refused, or handed over to aiohttp
+                if len(head) <= MAX_CACHED_HEAD_BYTES:
+                    if len(cache) >= HEAD_CACHE_SIZE:
+                        cache.clear()
+                    cache[head] = frame
 
-            request = self._request = ParsedRequest(peer=self.peer)
-            self._message_complete = False
-            try:
-                self._parser.feed_data(bytes(buffer[offset:head_end]))
-            except httptools.HttpParserError as exc:
-                self._refuse(400, f"The request is malformed: {exc}.", code="bad_request")
+            end = head_end + frame.length
+            if end > size:
+                self._keep(data, offset, need=end - offset)
                 return
-            if _HAND_OVER_HEADERS.intersection(request.headers):
-                self._hand_over(offset)
-                return
-
-            length_text = request.headers.get("content-length", "0")
-            if not length_text.isdigit():
-                self._refuse(400, "Content-Length is not a number.", code="bad_request")
-                return
-            length = int(length_text)
-            limit = self.operations.settings.max_body_bytes
-            if length > limit:
-                error = PayloadTooLarge(f"The request body is {length} bytes; the limit is {limit} bytes.")
-                self._refuse(413, error.message, code=error.code)
-                return
-            if len(buffer) < head_end + length:
-                # The body is still on its way; the header block is parsed again once it is here.
-                self._parser = httptools.HttpRequestParser(self)
-                self._arm_request()
-                break
-            if length:
-                request.body = bytes(buffer[head_end : head_end + length])
-                try:
-                    self._parser.feed_data(request.body)
-                except httptools.HttpParserError as exc:
-                    self._refuse(400, f"The request body is malformed: {exc}.", code="bad_request")
-                    return
-            if not self._message_complete:
-                self._refuse(400, "The request could not be framed.", code="bad_request")
-                return
-
-            request.keep_alive = request.keep_alive and not self.server.closing
-            offset = head_end + length
-            self._answer(handler, request, target=target)
-            if not request.keep_alive:
+            body = data[head_end:end] if frame.length else b""
+            offset = end
+            if not self._answer(frame, body):
                 self._close_after_write()
                 return
 
-        del buffer[:offset]
-        if not buffer and not self._handed_over:
-            self._arm(self.server.keepalive_timeout)
+        # Everything sent so far is answered: the connection is idle until the next request.
+        self.deadline = self.loop.time() + self.server.keepalive_timeout
+        self._request_pending = False
 
-    def _answer(self, handler: HotHandler, request: ParsedRequest, *, target: bytes) -> None:
+    def _parse_head(self, head: bytes, *, data: bytes, offset: int) -> Frame | None:
+        """Route and check a head the first time it is seen; None when it was refused or handed over."""
+        # Route on the request line alone; anything not hot goes to aiohttp from this byte on.
+        parts = head[: head.find(b"\r\n")].split(b" ")
+        if len(parts) != 3:
+            self._refuse(400, "The request line is malformed.", code="bad_request")
+            return None
+        method, target, _version = parts
+        handler = HOT_ROUTES.get((method, target.split(b"?", 1)[0]))
+        if handler is None:
+            self._hand_over(data[offset:])
+            return None
+
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
+        headers = self._headers = {}
+        self._message_complete = False
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"The request is malformed: {exc}.", code="bad_request")
+            return None
+        if _HAND_OVER_HEADERS.intersection(headers):
+            self._hand_over(data[offset:])
+            return None
+
+        length_text = headers.get("content-length", "0")
+        if not length_text.isdigit():
+            self._refuse(400, "Content-Length is not a number.", code="bad_request")
+            return None
+        length = int(length_text)
+        limit = self.operations.settings.max_body_bytes
+        if length > limit:
+            error = PayloadTooLarge(f"The request body is {length} bytes; the limit is {limit} bytes.")
+            self._refuse(413, error.message, code=error.code)
+            return None
+        if length:
+            # The parser now waits for the body, which is framed by its length alone: start afresh next time.
+            self._parser = None
+        elif not self._message_complete:
+            self._refuse(400, "The request could not be framed.", code="bad_request")
+            return None
+
+        frame = Frame(handler=handler, target=target, headers=headers, keep_alive=self._keep_alive)
+        frame.length = length
+        return frame
+
+    def _answer(self, frame: Frame, body: bytes) -> bool:
+        """Answer one request; True when the connection stays open for the next."""
         operations = self.operations
         stats = operations.stats
         stats.requests += 1
         try:
-            request.query = _query(target)
-            request.forwarded_for = request.headers.get("x-forwarded-for")
-            reply = handler(operations, request)
-            status, body = reply.status, reply.body
+            reply = frame.handler(operations, frame, body, self.peer)
+            status, payload = reply.status, reply.body
         except MaxineError as error:
             stats.errors += 1
-            status, body = error.status, error_body(error)
+            status, payload = error.status, error_body(error)
         except Exception:
             stats.errors += 1
-            logger.exception("Request %s failed unexpectedly on the lightning path.", target[:200])
-            status, body = 500, error_body(MaxineError("The registry failed to handle this request; it is logged."))
-        assert self.transport is not None
-        self.transport.write(render(status, body, keep_alive=request.keep_alive))
+            logger.exception("Request %s failed unexpectedly on the lightning path.", frame.target[:200])
+            status, payload = 500, error_body(MaxineError("The registry failed to handle this request; it is logged."))
 
-    def _hand_over(self, offset: int) -> None:
-        """Give the connection, from the request starting at ``offset``, to aiohttp."""
+        assert self.transport is not None
+        if frame.keep_alive and not self.server.closing:
+            self.transport.write(render_kept(status, payload))
+            return True
+        self.transport.write(render(status, payload, keep_alive=False))
+        return False
+
+    def _keep(self, data: bytes, offset: int, *, need: int) -> None:
+        """Hold on to an incomplete request until more of it arrives, with its clock running."""
+        self._buffer += memoryview(data)[offset:]
+        self._need = need
+        self._arm_request()
+
+    def _hand_over(self, pending: bytes) -> None:
+        """Give the connection to aiohttp, starting with ``pending``: the request not served here and what follows."""
         transport = self.transport
         assert transport is not None
         self._disarm()
         self._handed_over = True
         self.server.forget(self)
-        pending = bytes(self._buffer[offset:])
         self._buffer.clear()
 
         protocol = json_error_protocol(self.server.fallback)
