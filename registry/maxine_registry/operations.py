@@ -223,8 +223,12 @@ class Operations:
         return ok({"nodeId": instance.node_id, "address": instance.address, "ttl": instance.ttl})
 
     def heartbeat(self, body: object, query: Mapping[str, str]) -> Reply:
+        return Reply(200, self.heartbeat_body(body, query))
+
+    def heartbeat_body(self, body: object, query: Mapping[str, str]) -> bytes:
+        """The answer to a heartbeat that renewed its lease; ``heartbeat`` without the Reply, for hot transports."""
         instance = self.registry.heartbeat(_node_ref(body, query))
-        return ok({"nodeId": instance.node_id, "ttl": instance.ttl})
+        return orjson.dumps({"nodeId": instance.node_id, "ttl": instance.ttl})
 
     def deregister(self, body: object, query: Mapping[str, str]) -> Reply:
         instance = self.registry.deregister(_node_ref(body, query))
@@ -239,7 +243,7 @@ class Operations:
         caller: str | None = None,
     ) -> Reply:
         plan = self.plan_discovery(query)
-        return self.discover_planned(plan, client_ip=client_ip, forwarded_for=forwarded_for, caller=caller)
+        return Reply(200, self.discover_planned(plan, client_ip=client_ip, forwarded_for=forwarded_for, caller=caller))
 
     def plan_discovery(self, query: Mapping[str, str]) -> DiscoveryPlan:
         """

@@ -43,7 +43,7 @@ from aiohttp.web_request import BaseRequest
 from maxine_registry.errors import InvalidInput, MaxineError, PayloadTooLarge
 from maxine_registry.http.common import SERVICEOPS_PREFIX
 from maxine_registry.identity import CALLER_HEADER, caller_name
-from maxine_registry.operations import DiscoveryPlan, Operations, Reply, decode_body, error_body
+from maxine_registry.operations import DiscoveryPlan, Operations, decode_body, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ KEEPALIVE_TIMEOUT = 75.0
 REAP_INTERVAL = 0.25
 DEFAULT_MAX_CONNECTIONS = 10_000
 
-# A hot handler gets the parsed head, the body and the peer's address, and answers with a Reply.
-HotHandler = Callable[[Operations, "Frame", bytes, "str | None"], Reply]
+# A hot handler gets the parsed head, the body and the peer's address, and answers with a status
+# and a JSON body: a plain tuple, which costs a tenth of building a Reply (a Reply is one too).
+HotHandler = Callable[[Operations, "Frame", bytes, "str | None"], tuple[int, bytes]]
 
 # Heads up to this size are remembered once parsed: clients repeat the same bytes (a sidecar's
 # heartbeat, a client's discover), and a remembered head skips the parser altogether.
@@ -98,26 +99,28 @@ class Frame:
         self.plan: DiscoveryPlan | None = None
 
 
-def _register(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+def _register(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> tuple[int, bytes]:
     return operations.register(decode_body(body))
 
 
-def _heartbeat(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
-    return operations.heartbeat(decode_body(body), frame.query)
+def _heartbeat(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> tuple[int, bytes]:
+    return 200, operations.heartbeat_body(decode_body(body), frame.query)
 
 
-def _deregister(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+def _deregister(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> tuple[int, bytes]:
     return operations.deregister(decode_body(body), frame.query)
 
 
-def _discover(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+def _discover(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> tuple[int, bytes]:
     plan = frame.plan
     if plan is None:
         plan = frame.plan = operations.plan_discovery(frame.query)
-    return operations.discover_planned(plan, client_ip=peer, forwarded_for=frame.forwarded_for, caller=frame.caller)
+    return 200, operations.discover_planned(
+        plan, client_ip=peer, forwarded_for=frame.forwarded_for, caller=frame.caller
+    )
 
 
-def _health(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> Reply:
+def _health(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> tuple[int, bytes]:
     return operations.health()
 
 
@@ -463,8 +466,7 @@ class LightningProtocol(asyncio.Protocol):
         stats = operations.stats
         stats.requests += 1
         try:
-            reply = frame.handler(operations, frame, body, self.peer)
-            status, payload = reply.status, reply.body
+            status, payload = frame.handler(operations, frame, body, self.peer)
         except MaxineError as error:
             stats.errors += 1
             status, payload = error.status, error_body(error)
