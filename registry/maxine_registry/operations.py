@@ -287,7 +287,8 @@ class Operations:
         client_ip: str | None = None,
         forwarded_for: str | None = None,
         caller: str | None = None,
-    ) -> Reply:
+    ) -> bytes:
+        """The instance a planned discover picks, as the JSON a 200 answer carries."""
         if forwarded_for:
             client_ip = self.client_address(client_ip, forwarded_for)
         if self.discovery_guards:
@@ -305,7 +306,7 @@ class Operations:
         instance = self.registry.discover(
             plan.service_name, strategy=plan.strategy, version=plan.version, tags=plan.tags, context=context
         )
-        return Reply(200, instance.payload)
+        return instance.payload
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """
