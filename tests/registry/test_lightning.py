@@ -8,6 +8,8 @@ to check what only a lean front end can get wrong.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -129,6 +131,37 @@ async def test_a_request_split_across_many_writes_is_reassembled(front: Front) -
 
     assert status == 200
     assert body["nodeId"] == "orders:10.0.0.1:80"
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_pipelined_requests_cut_at_random_bytes_get_the_same_answers(front: Front, seed: int) -> None:
+    # However the network cuts a stream of requests, hot or not, each gets the answer it gets whole.
+    stream = b"".join(
+        [
+            request("POST", "/register", {**REGISTRATION, "port": 90 + seed}),
+            request("GET", f"/discover?serviceName=orders&seed={seed}"),
+            request("POST", "/heartbeat", {"nodeId": f"orders:10.0.0.1:{90 + seed}"}),
+            request("GET", "/discover?serviceName=orders&seed=x"),
+            request("POST", "/heartbeat", {"nodeId": "orders:10.0.0.1:1"}),
+            request("GET", "/health"),
+            request("GET", f"/discover?serviceName=orders&seed={seed}"),
+            request("GET", "/servers"),
+        ]
+    )
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(stream)), 40))
+
+    reader, writer = await front.connect()
+    for start, end in itertools.pairwise([0, *cuts, len(stream)]):
+        writer.write(stream[start:end])
+        await writer.drain()
+    answers = [await read_response(reader) for _ in range(8)]
+    writer.close()
+
+    assert [status for status, _, _ in answers] == [200, 200, 200, 200, 404, 200, 200, 200]
+    assert answers[1][2]["address"] == answers[6][2]["address"] == f"10.0.0.1:{90 + seed}"
+    assert answers[4][2]["code"] == "not_registered"
+    assert answers[7][2]["services"]["orders"]["nodes"][0]["address"] == f"10.0.0.1:{90 + seed}"
 
 
 async def test_a_repeated_head_is_answered_from_its_own_body_and_state(front: Front, registry: Registry) -> None:
