@@ -26,7 +26,7 @@ from maxine_registry.events import EventBus
 from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
 from maxine_registry.http.app import has_request_middleware
-from maxine_registry.http.lightning import LightningServer
+from maxine_registry.http.lightning import KEEPALIVE_TIMEOUT, LightningServer
 from maxine_registry.model import format_address
 from maxine_registry.operations import Operations
 from maxine_registry.persistence import PersistenceStartError
@@ -70,7 +70,13 @@ class MaxineServer:
 
     async def start(self) -> None:
         app = create_app(self.operations)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout)
+        # Connections handed to aiohttp keep the lean path's idle timeout (aiohttp's own is an hour).
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
         await self._runner.setup()
         assert self._runner.server is not None
 
