@@ -34,8 +34,15 @@ CONFIG_CHANGED = "config_changed"
 CONFIG_DELETED = "config_deleted"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
+    """
+    One change, as the history ring keeps it and every subscriber receives it; only ever read.
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``, which makes
+    publishing, done inside every registry write, several times slower.
+    """
+
     seq: int
     event: str
     data: dict[str, Any]

@@ -7,9 +7,12 @@ brackets (``[::1]:9000``), and a node id is parsed from the right: the service n
 a colon, the port is after the last one, and everything between is the host.
 
 Memory matters here, since a registry may hold a few hundred thousand instances: metadata is kept
-as the compact JSON the client sent (parsed only when asked for), tag sets and versions are
-interned so that instances sharing them share one object, and the JSON a discover answers with is
-built on first use and cached.
+as the compact JSON the client sent (parsed only when asked for), tag sets, versions and service
+names are interned so that instances sharing them share one object, and the JSON a discover answers
+with is built on first use and cached. Registration is the hot write, so the checks that every
+registration runs have fast paths for the shapes nearly all of them take (a service name seen
+before, a dotted IPv4 host, an integer port); anything else takes the full checks and gets the
+same answer and the same error it always did.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ _HOST_LABEL_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
 
 _IPV4_CHARACTERS = frozenset("0123456789.")
 
+# Valid service names seen so far, each mapped to its interned copy: fleets reuse a few names, and
+# one lookup replaces the length, pattern and intern checks. Past the limit the table starts over,
+# so clients inventing names cannot grow it without bound.
+MAX_KNOWN_SERVICE_NAMES = 65_536
+_known_service_names: dict[str, str] = {}
+
 
 def _looks_like_ipv4(host: str) -> bool:
     return host.count(".") == 3 and _IPV4_CHARACTERS.issuperset(host)
@@ -52,16 +61,25 @@ NO_TAGS: frozenset[str] = frozenset()
 
 
 def compact_json(value: object) -> bytes:
+    """JSON for bytes that live as long as an instance does (see ``compact_bytes``)."""
+    return compact_bytes(orjson.dumps(value))
+
+
+def compact_bytes(encoded: bytes) -> bytes:
     """
-    JSON for bytes that live as long as an instance does.
+    A copy of orjson's output to keep for long.
 
     orjson hands back its whole output buffer (4 KiB or more) however short the JSON; kept per
     instance, that is most of an idle registry's memory. One copy makes it exactly as long as it is.
     """
-    return bytes(memoryview(orjson.dumps(value)))
+    return bytes(memoryview(encoded))
 
 
 def validate_service_name(value: object, *, field: str = "serviceName") -> str:
+    if isinstance(value, str):
+        known = _known_service_names.get(value)
+        if known is not None:
+            return known
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{field} is required and must be a non-empty string, got {value!r}.")
     if len(value) > MAX_SERVICE_NAME_LENGTH:
@@ -70,7 +88,11 @@ def validate_service_name(value: object, *, field: str = "serviceName") -> str:
         raise InvalidInput(
             f"{field} {value!r} is not valid: use letters, digits, '.', '_' and '-', starting with a letter or digit."
         )
-    return sys.intern(value)
+    name = sys.intern(value)
+    if len(_known_service_names) >= MAX_KNOWN_SERVICE_NAMES:
+        _known_service_names.clear()
+    _known_service_names[name] = name
+    return name
 
 
 def normalize_host(value: object) -> str:
@@ -81,14 +103,24 @@ def normalize_host(value: object) -> str:
     brackets around IPv6 are dropped, and DNS names are lowercased: a client that registers with
     one spelling and heartbeats with another still names one instance.
     """
+    # Most hosts are plain dotted IPv4, and the C parser accepts exactly their canonical spelling
+    # (it refuses leading zeros and short forms, as ipaddress does): one call settles them. A host
+    # ending in a letter cannot be one, and skips the attempt.
+    if isinstance(value, str) and value[-1:].isdigit():
+        try:
+            socket.inet_pton(socket.AF_INET, value)
+        except (OSError, ValueError):
+            pass
+        else:
+            return value
+
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"host is required and must be a non-empty string, got {value!r}.")
     host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     if len(host) > MAX_HOST_LENGTH:
         raise InvalidInput(f"host is longer than {MAX_HOST_LENGTH} characters.")
 
-    # Most hosts are plain dotted IPv4: the C parser checks them in well under a microsecond, and
-    # it refuses leading zeros and short forms just as ipaddress does, so an accepted one is canonical.
+    # What looks like dotted IPv4 and was refused above is a malformed address, not a DNS name.
     if host[-1:].isdigit() and _looks_like_ipv4(host):
         try:
             socket.inet_pton(socket.AF_INET, host)
@@ -112,6 +144,9 @@ def normalize_host(value: object) -> str:
 
 
 def validate_port(value: object) -> int:
+    # The usual case first; ``type`` rather than ``isinstance`` because a bool is an int in Python.
+    if type(value) is int and 1 <= value <= 65535:
+        return value
     # bool is an int in Python; `true` is not a port.
     if isinstance(value, bool):
         raise InvalidInput(f"port must be an integer from 1 to 65535, got {value!r}.")
@@ -236,6 +271,7 @@ class Instance:
         service_name: str,
         host: str,
         port: int,
+        node_id: str,
         metadata_json: bytes,
         version: str | None,
         tags: frozenset[str],
@@ -247,7 +283,9 @@ class Instance:
         self.service_name = service_name
         self.host = host
         self.port = port
-        self.node_id = make_node_id(service_name, host, port)
+        # Given rather than built here: the registry keys its tables by this very string, and a
+        # second copy of it would cost as much as the metadata of a typical instance.
+        self.node_id = node_id
         self.metadata_json = metadata_json
         self.version = version
         self.tags = tags

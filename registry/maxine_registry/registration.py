@@ -5,6 +5,12 @@ Every transport hands the decoded body to ``parse_registration``; nothing reache
 core unchecked. The checks are the registry's documented limits: name and host lengths, the port
 range, the size of the metadata, and the shape of the metadata keys the registry itself reads
 (``version``, ``tags``, ``weight``, ``healthCheck``). Other metadata keys are the client's own and kept as sent.
+
+A fleet registers thousands of instances with byte-identical metadata (the same version and tags),
+so what the registry reads out of metadata is worked out once per distinct JSON and shared: every
+such instance holds the same bytes, version and tag set, and a registration whose metadata was seen
+before skips re-checking it. Ports and lease lengths are shared the same way. A health check is the
+exception: it is checked against each instance's own address, so it is checked every time.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from maxine_registry.errors import InvalidInput, PayloadTooLarge
 from maxine_registry.health_checks import HealthCheckSpec
 from maxine_registry.model import (
@@ -22,7 +30,7 @@ from maxine_registry.model import (
     MAX_VERSION_LENGTH,
     MAX_WEIGHT,
     MIN_WEIGHT,
-    compact_json,
+    compact_bytes,
     intern_tags,
     normalize_host,
     validate_port,
@@ -33,17 +41,61 @@ DEFAULT_MAX_METADATA_BYTES = 16 * 1024
 MIN_TTL = 1.0
 MAX_TTL = 24 * 3600.0
 
+# Distinct metadata documents remembered for sharing, and the largest one remembered: past the count
+# the table starts over, so metadata unique to each instance cannot grow it without bound, and
+# large documents (rarely shared) are never held beyond the instances that carry them.
+MAX_SHARED_METADATA = 4096
+MAX_SHARED_METADATA_BYTES = 512
+# Distinct lease lengths remembered for sharing; past this, new ones are simply not shared.
+MAX_SHARED_TTLS = 256
+
 
 @dataclass(frozen=True, slots=True)
-class Registration:
-    service_name: str
-    host: str
-    port: int
+class ParsedMetadata:
+    """Metadata as the registry keeps it, with the fields it reads out of it; shared by identical metadata."""
+
     metadata_json: bytes
     version: str | None
     tags: frozenset[str]
     weight: float
+
+
+@dataclass(slots=True)
+class Registration:
+    """
+    A validated registration, as registration guards and the registry core receive it; only ever read.
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``, which makes building
+    one, once per registration, about three times slower.
+    """
+
+    service_name: str
+    host: str
+    port: int
     ttl: float | None
+    metadata: ParsedMetadata
+
+    @property
+    def metadata_json(self) -> bytes:
+        return self.metadata.metadata_json
+
+    @property
+    def version(self) -> str | None:
+        return self.metadata.version
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return self.metadata.tags
+
+    @property
+    def weight(self) -> float:
+        return self.metadata.weight
+
+
+_shared_metadata: dict[bytes, ParsedMetadata] = {}
+_shared_ttls: dict[float, float] = {}
+# At most one entry per valid port, so this needs no limit.
+_shared_ports: dict[int, int] = {}
 
 
 def parse_version(value: object) -> str | None:
@@ -87,7 +139,37 @@ def parse_ttl(value: object) -> float | None:
         raise InvalidInput(f"ttl must be a number of seconds, got {value!r}.")
     if not MIN_TTL <= value <= MAX_TTL:
         raise InvalidInput(f"ttl must be between {MIN_TTL:.0f} and {MAX_TTL:.0f} seconds, got {value!r}.")
-    return float(value)
+    ttl = float(value)
+    shared = _shared_ttls.get(ttl)
+    if shared is not None:
+        return shared
+    if len(_shared_ttls) < MAX_SHARED_TTLS:
+        _shared_ttls[ttl] = ttl
+    return ttl
+
+
+def parse_metadata(metadata: dict[str, Any], *, encoded: bytes) -> ParsedMetadata:
+    """
+    Read version, tags and weight out of metadata whose JSON is ``encoded``, or refuse it.
+
+    The result is shared by every registration whose metadata encodes to the same bytes, so the
+    checks here run once per distinct document; ``encoded`` must already be within the size limit.
+    """
+    shared = _shared_metadata.get(encoded)
+    if shared is not None:
+        return shared
+
+    parsed = ParsedMetadata(
+        metadata_json=compact_bytes(encoded),
+        version=parse_version(metadata.get("version")),
+        tags=parse_tags(metadata.get("tags")),
+        weight=parse_weight(metadata.get("weight")),
+    )
+    if len(encoded) <= MAX_SHARED_METADATA_BYTES:
+        if len(_shared_metadata) >= MAX_SHARED_METADATA:
+            _shared_metadata.clear()
+        _shared_metadata[parsed.metadata_json] = parsed
+    return parsed
 
 
 def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES) -> Registration:
@@ -98,6 +180,7 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
     service_name = validate_service_name(body.get("serviceName"))
     host = normalize_host(body.get("host"))
     port = validate_port(body.get("port"))
+    port = _shared_ports.setdefault(port, port)
     ttl = parse_ttl(body.get("ttl"))
 
     metadata: Any = body.get("metadata")
@@ -106,24 +189,22 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
     if not isinstance(metadata, dict):
         raise InvalidInput(f"metadata must be a JSON object, got {type(metadata).__name__}.")
     try:
-        metadata_json = compact_json(metadata)
+        encoded = orjson.dumps(metadata)
     except TypeError as exc:  # only reachable from non-JSON transports; JSON input always re-encodes
         raise InvalidInput(f"metadata cannot be encoded as JSON: {exc}.") from None
-    if len(metadata_json) > max_metadata_bytes:
+    if len(encoded) > max_metadata_bytes:
         raise PayloadTooLarge(
-            f"metadata is {len(metadata_json)} bytes as JSON; the limit is {max_metadata_bytes} bytes.",
+            f"metadata is {len(encoded)} bytes as JSON; the limit is {max_metadata_bytes} bytes.",
             code="metadata_too_large",
         )
-    if metadata.get("healthCheck") is not None:
-        HealthCheckSpec.parse(metadata["healthCheck"], host=host, port=port)
+    health_check = metadata.get("healthCheck")
+    if health_check is not None:
+        HealthCheckSpec.parse(health_check, host=host, port=port)
 
     return Registration(
         service_name=service_name,
         host=host,
         port=port,
-        metadata_json=metadata_json,
-        version=parse_version(metadata.get("version")),
-        tags=parse_tags(metadata.get("tags")),
-        weight=parse_weight(metadata.get("weight")),
         ttl=ttl,
+        metadata=parse_metadata(metadata, encoded=encoded),
     )

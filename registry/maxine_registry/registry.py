@@ -9,7 +9,9 @@ State:
 - ``_nodes`` maps each node id to its instance, so heartbeats and deregistrations are one lookup.
 - ``_services`` maps a service name to a ``Service``, which holds its instances in registration
   order and a cache of candidate sets per (version, tags) filter, rebuilt lazily after a change.
-- ``_by_address`` maps ``host:port`` to the instance (or instances) there, for short node ids.
+- ``_by_address`` finds the instance (or instances) at a host and port, for short node ids. It is
+  keyed by the instance's own host string, so an index entry allocates no key of its own: a host
+  with one instance maps to it, a host with several maps to a dict by port (see ``_index_address``).
 - the lease wheel finds expired leases (see ``leases``).
 
 Every change to a service bumps its ``revision`` from one registry-wide sequence, which later
@@ -30,7 +32,7 @@ from maxine_registry.breakers import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, Cir
 from maxine_registry.errors import Conflict, InvalidInput, NoInstance, NotFound, NotRegistered, Unavailable
 from maxine_registry.events import EventBus
 from maxine_registry.leases import DEFAULT_RESOLUTION, LeaseWheel
-from maxine_registry.model import DEFAULT_VERSION, NO_TAGS, Instance, format_address, make_node_id, parse_node_ref
+from maxine_registry.model import DEFAULT_VERSION, NO_TAGS, Instance, make_node_id, parse_node_ref
 from maxine_registry.registration import Registration
 from maxine_registry.strategies import CandidateSet, PickContext, Strategy
 from maxine_registry.traffic import TrafficPolicy
@@ -111,8 +113,10 @@ class Service:
         return sorted({instance.version or DEFAULT_VERSION for instance in self.instances.values()})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RegisterResult:
+    """What a registration did; only ever read (not frozen, as that would slow every registration down)."""
+
     instance: Instance
     created: bool
 
@@ -147,7 +151,7 @@ class Registry:
         self.rng = rng if rng is not None else random.Random()
         self._services: dict[str, Service] = {}
         self._nodes: dict[str, Instance] = {}
-        self._by_address: dict[str, Instance | list[Instance]] = {}
+        self._by_address: dict[str, Instance | dict[int, Instance | list[Instance]]] = {}
         self._leases = LeaseWheel(now=clock(), resolution=lease_resolution)
         self._revision = 0
         self._traffic: dict[str, TrafficPolicy] = {}
@@ -203,7 +207,7 @@ class Registry:
                 raise NotRegistered(f"Node {node_ref!r} is not registered; register it again.")
             return instance
 
-        found = self._by_address.get(ref.short)
+        found = self._at_address(ref.host, ref.port)
         if found is None:
             raise NotRegistered(f"No node is registered at {ref.short}; register it again.")
         if isinstance(found, list):
@@ -218,18 +222,20 @@ class Registry:
     def register(self, registration: Registration) -> RegisterResult:
         now = self.clock()
         ttl = registration.ttl if registration.ttl is not None else self.default_ttl
-        node_id = make_node_id(registration.service_name, registration.host, registration.port)
+        service_name = registration.service_name
+        node_id = make_node_id(service_name, registration.host, registration.port)
+        metadata = registration.metadata
 
         existing = self._nodes.get(node_id)
         if existing is not None:
-            changed = existing.metadata_json != registration.metadata_json or existing.ttl != ttl
+            changed = existing.metadata_json != metadata.metadata_json or existing.ttl != ttl
             shortened = now + ttl < existing.expires_at
             existing.expires_at = now + ttl
             if changed:
-                existing.metadata_json = registration.metadata_json
-                existing.version = registration.version
-                existing.tags = registration.tags
-                existing.weight = registration.weight
+                existing.metadata_json = metadata.metadata_json
+                existing.version = metadata.version
+                existing.tags = metadata.tags
+                existing.weight = metadata.weight
                 existing.ttl = ttl
                 existing.invalidate()
                 self._touch(self._services[existing.service_name])
@@ -244,21 +250,22 @@ class Registry:
             )
 
         instance = Instance(
-            service_name=registration.service_name,
+            service_name=service_name,
             host=registration.host,
             port=registration.port,
-            metadata_json=registration.metadata_json,
-            version=registration.version,
-            tags=registration.tags or NO_TAGS,
-            weight=registration.weight,
+            node_id=node_id,
+            metadata_json=metadata.metadata_json,
+            version=metadata.version,
+            tags=metadata.tags,
+            weight=metadata.weight,
             ttl=ttl,
             expires_at=now + ttl,
             registered_at=self.wall(),
         )
-        service = self._services.get(instance.service_name)
+        service = self._services.get(service_name)
         if service is None:
-            service = self._services[instance.service_name] = Service(
-                instance.service_name, cache_stats=self.cache_stats, retired=self._retired(instance.service_name)
+            service = self._services[service_name] = Service(
+                service_name, cache_stats=self.cache_stats, retired=self._retired(service_name)
             )
         service.instances[node_id] = instance
         self._nodes[node_id] = instance
@@ -266,7 +273,7 @@ class Registry:
         self._leases.add(instance)
         self._touch(service)
 
-        self.events.publish(ev.SERVICE_REGISTERED, {"serviceName": instance.service_name, "nodeId": node_id})
+        self.events.publish(ev.SERVICE_REGISTERED, {"serviceName": service_name, "nodeId": node_id})
         return RegisterResult(instance, created=True)
 
     def heartbeat(self, node_ref: object) -> Instance:
@@ -660,24 +667,49 @@ class Registry:
             del self._services[service.name]
 
     def _index_address(self, instance: Instance) -> None:
-        address = format_address(instance.host, instance.port)
-        found = self._by_address.get(address)
+        # Most hosts run one instance: the host maps straight to it. Once a second one arrives the
+        # host maps to a dict by port, whose values are lists only where several services share a port.
+        host = instance.host
+        found = self._by_address.get(host)
         if found is None:
-            self._by_address[address] = instance
-        elif isinstance(found, list):
-            found.append(instance)
+            self._by_address[host] = instance
+            return
+        if not isinstance(found, dict):
+            found = self._by_address[host] = {found.port: found}
+        at_port = found.get(instance.port)
+        if at_port is None:
+            found[instance.port] = instance
+        elif isinstance(at_port, list):
+            at_port.append(instance)
         else:
-            self._by_address[address] = [found, instance]
+            found[instance.port] = [at_port, instance]
 
     def _unindex_address(self, instance: Instance) -> None:
-        address = format_address(instance.host, instance.port)
-        found = self._by_address.get(address)
+        host = instance.host
+        found = self._by_address.get(host)
         if found is instance:
-            del self._by_address[address]
-        elif isinstance(found, list):
-            found.remove(instance)
-            if len(found) == 1:
-                self._by_address[address] = found[0]
+            del self._by_address[host]
+            return
+        if not isinstance(found, dict):
+            return
+        at_port = found.get(instance.port)
+        if at_port is instance:
+            del found[instance.port]
+        elif isinstance(at_port, list):
+            at_port.remove(instance)
+            if len(at_port) == 1:
+                found[instance.port] = at_port[0]
+        if not found:
+            del self._by_address[host]
+
+    def _at_address(self, host: str, port: int) -> Instance | list[Instance] | None:
+        """The instance at this address, the list of them when several services share it, or None."""
+        found = self._by_address.get(host)
+        if isinstance(found, dict):
+            return found.get(port)
+        if found is not None and found.port == port:
+            return found
+        return None
 
     def _explain_empty(self, service: Service, *, version: str | None, tags: frozenset[str]) -> None:
         if any(

@@ -157,6 +157,14 @@ async def test_registering_with_a_bad_health_check_answers_400(api: TestClient[o
     assert "own address" in answer["error"]
 
 
+def test_identical_metadata_is_checked_against_each_instances_own_address() -> None:
+    metadata = {"healthCheck": {"url": "http://10.0.0.1:8080/health"}}
+    parse_registration({"serviceName": "orders", "host": "10.0.0.1", "port": 8080, "metadata": metadata})
+
+    with pytest.raises(InvalidInput, match="own address"):
+        parse_registration({"serviceName": "orders", "host": "10.0.0.2", "port": 8080, "metadata": metadata})
+
+
 async def test_registering_with_a_good_health_check_keeps_it_in_the_metadata(
     api: TestClient[object, object],
 ) -> None:

@@ -7,7 +7,15 @@ from collections import Counter
 
 import pytest
 
-from maxine_registry.errors import Conflict, InvalidInput, NoInstance, NotFound, NotRegistered, Unavailable
+from maxine_registry.errors import (
+    Conflict,
+    InvalidInput,
+    NoInstance,
+    NotFound,
+    NotRegistered,
+    PayloadTooLarge,
+    Unavailable,
+)
 from maxine_registry.registration import Registration, parse_registration
 from maxine_registry.registry import Registry, parse_tag_filter
 from maxine_registry.strategies import PickContext, resolve_strategy
@@ -221,6 +229,45 @@ def test_a_short_node_id_works_where_it_names_one_instance(registry: Registry) -
     assert registry.node_count == 3
     registry.deregister("billing:10.0.0.1:81")
     assert registry.deregister("10.0.0.1:81").node_id == "payments:10.0.0.1:81"
+
+
+def test_a_short_node_id_finds_its_instance_among_many_on_one_host(registry: Registry) -> None:
+    for port in (80, 81, 82):
+        registry.register(registration(service=f"svc-{port}", port=port))
+    registry.register(registration(service="other", host="10.0.0.2", port=81))
+
+    assert registry.heartbeat("10.0.0.1:81").node_id == "svc-81:10.0.0.1:81"
+    registry.deregister("10.0.0.1:80")
+    registry.deregister("10.0.0.1:82")
+
+    assert registry.heartbeat("10.0.0.1:81").node_id == "svc-81:10.0.0.1:81"
+    assert registry.heartbeat("10.0.0.2:81").node_id == "other:10.0.0.2:81"
+    registry.deregister("10.0.0.1:81")
+    with pytest.raises(NotRegistered):
+        registry.heartbeat("10.0.0.1:81")
+    with pytest.raises(NotRegistered):
+        registry.heartbeat("10.0.0.2:80")
+
+
+def test_instances_with_identical_metadata_each_keep_what_they_declared(registry: Registry) -> None:
+    metadata = {"version": "2.1", "tags": ["eu", "web"], "weight": 3, "owner": "team-a"}
+    first = registry.register(registration(port=80, metadata=metadata)).instance
+    second = registry.register(registration(port=81, metadata=dict(metadata))).instance
+    registry.register(registration(port=80, metadata={**metadata, "version": "2.2"}))
+
+    assert (first.version, second.version) == ("2.2", "2.1")
+    assert second.tags == frozenset({"eu", "web"}) and second.weight == 3.0
+    assert second.metadata == metadata
+
+
+def test_metadata_seen_before_is_still_held_to_the_size_limit() -> None:
+    body = {"serviceName": "orders", "host": "10.0.0.1", "port": 80, "metadata": {"owner": "x" * 100}}
+    parse_registration(body)
+
+    with pytest.raises(PayloadTooLarge) as refused:
+        parse_registration(body, max_metadata_bytes=64)
+
+    assert refused.value.code == "metadata_too_large"
 
 
 def test_deregistering_the_last_instance_forgets_the_service(registry: Registry) -> None:
