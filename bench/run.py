@@ -1,5 +1,5 @@
 """
-Maxine's benchmark suite: throughput and latency against a ceiling, memory per instance, expiry lateness.
+Maxine's benchmark suite: every figure of the speed targets, in one run, ending with a table of targets met.
 
 Throughput means little as an absolute number (it follows the machine), so every figure is measured
 in the same run as a ceiling: a minimal uvloop + httptools responder (``ceiling.py``), the most one
@@ -8,10 +8,16 @@ server can. Maxine is then loaded with 1000 services of 3 instances each and dri
 the scripts in ``wrk/``: discover (rotating over all 1000 services), heartbeat (rotating over all
 3000 instances) and register (a new instance every request).
 
-Two more measurements run on fresh servers so that nothing from the load runs blurs them:
+The other measurements run on fresh servers so that nothing from the load runs blurs them:
 - memory: the registry's resident set empty, with 100,000 instances, and once each was discovered;
-- expiry: instances with 1-2 s leases that never heartbeat; how long after its lease ended each
-  one's ``service_unhealthy`` event appears on ``GET /events``.
+- UDP heartbeats (``udp.py``'s measuring functions): datagrams a second against a bare receiver,
+  and heartbeats lost below that rate;
+- lease expiry (``expiry.py``): 100,000 leases ending over 20 s while 10,000 heartbeats a second
+  arrive; how late each instance left, and the sweeper's share of a core;
+- event push (``events_push.py``): registrations at 1,000 a second, and how long until a WebSocket
+  subscriber holds each one's event.
+
+The run ends with the targets table: each figure, the target it is held to, and whether it is met.
 
 Run it by hand (never from tests) as ``python bench/run.py``; see ``bench/README.md``.
 """
@@ -39,10 +45,15 @@ from typing import Any
 
 import aiohttp
 
+import udp
+from events_push import PushResult, run_event_push
+from events_push import render as push_render
+from expiry import QUICK_EXPIRING, QUICK_WINDOW, ExpiryPlan, ExpiryResult, run_expiry
+from expiry import render as expiry_render
 from harness import (
+    BENCH_DIR,
     DEFAULT_LOAD_CPU,
     DEFAULT_SERVER_CPU,
-    REQUEST_TIMEOUT,
     ForeignLoad,
     Pinning,
     ProcessGroup,
@@ -51,17 +62,16 @@ from harness import (
     WrkSettings,
     busy_fraction,
     choose_pinning,
+    free_port,
     get_all,
-    get_json,
     loopback_host,
     node_count,
-    percentile,
     populate,
     progress,
-    register_all,
     rss_bytes,
     run_wrk,
     source_revision,
+    wait_until_ready,
 )
 
 logger = logging.getLogger(__name__)
@@ -92,16 +102,11 @@ MEMORY_SERVICES = 1000
 MEMORY_SETTLE = 1.0
 MIB = 1024 * 1024
 
-EXPIRY_INSTANCES = 2000
-QUICK_EXPIRY_INSTANCES = 500
-EXPIRY_SERVICES = 20
-EXPIRY_MIN_TTL = 1.0
-EXPIRY_TTL_SPREAD = 1.0
-EXPIRY_CONCURRENCY = 32
-EXPIRY_POLL_INTERVAL = 0.05
-EXPIRY_POLL_LIMIT = 1000
-# How long to wait for the last event after the last lease ended, before calling the rest missing.
-EXPIRY_PATIENCE = 10.0
+UDP_DURATION = 4.0
+QUICK_UDP_DURATION = 2.0
+UDP_ROUNDS = 3
+PUSH_DURATION = 10.0
+QUICK_PUSH_DURATION = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +115,12 @@ class SuiteConfig:
     warmup: float
     rounds: int
     memory_instances: int
-    expiry_instances: int
-    # Extra flags for the Maxine under load (the memory and expiry servers use the defaults).
+    expiry: ExpiryPlan
+    udp_duration: float
+    udp_rounds: int
+    push_duration: float
+    quick: bool
+    # Extra flags for the Maxine under load (the other servers use the defaults).
     maxine_args: tuple[str, ...] = ()
 
 
@@ -343,133 +352,75 @@ def run_memory(group: ProcessGroup, *, config: SuiteConfig) -> MemoryResult:
     )
 
 
-# Expiry lateness.
+# UDP heartbeats, with the measuring functions of udp.py.
 
 
 @dataclass(slots=True)
-class ExpiryResult:
-    instances: int
-    lateness_ms: list[float] = field(default_factory=list)
-    missing: int = 0
-    note: str = ""
+class UdpFigures:
+    """Both receivers' capacity rounds (the bare one first) and the paced run to Maxine below its capacity."""
+
+    capacity: list[udp.Capacity]
+    paced: udp.Run
+    paced_fraction: float
+
+    @property
+    def ratio(self) -> float:
+        bare, maxine = self.capacity[0].best.processed_per_s, self.capacity[1].best.processed_per_s
+        return maxine / bare if bare else float("nan")
+
+    @property
+    def paced_lost(self) -> int:
+        return self.paced.sent - self.paced.renewed
 
     def as_dict(self) -> dict[str, Any]:
-        lateness = self.lateness_ms
         return {
-            "instances": self.instances,
-            "seen": len(lateness),
-            "missing": self.missing,
-            "lateness_min_ms": round(min(lateness), 1) if lateness else None,
-            "lateness_p50_ms": round(percentile(lateness, 50), 1) if lateness else None,
-            "lateness_p99_ms": round(percentile(lateness, 99), 1) if lateness else None,
-            "lateness_max_ms": round(max(lateness), 1) if lateness else None,
-            "note": self.note,
+            "capacity": [
+                {"receiver": result.receiver, "rounds": [run.as_dict() for run in result.rounds]}
+                for result in self.capacity
+            ],
+            "ratio_to_bare": round(self.ratio, 4),
+            "paced": {"fraction": self.paced_fraction, **self.paced.as_dict()},
         }
 
 
-def expiry_registrations(count: int) -> Iterator[dict[str, Any]]:
-    # Leases spread evenly over [1 s, 2 s), so that the expiries spread over several sweeps.
-    for index in range(count):
-        yield {
-            "serviceName": f"expiry-svc-{index % EXPIRY_SERVICES:02d}",
-            "host": loopback_host(index),
-            "port": 9000,
-            "ttl": EXPIRY_MIN_TTL + EXPIRY_TTL_SPREAD * (index % 1000) / 1000,
-        }
-
-
-class EventFollower:
-    """
-    Follow ``GET /events`` and keep the timestamp of each ``service_unhealthy`` per node id.
-
-    ``since`` filters by timestamp (milliseconds), and several events can share one; each poll
-    therefore asks again from one millisecond before the newest event seen and skips the sequence
-    numbers it already has, so that no event cut off at a page boundary is lost.
-    """
-
-    def __init__(self, *, base_url: str, since_ms: int) -> None:
-        self.base_url = base_url
-        self.since_ms = since_ms
-        self.unhealthy_at: dict[str, int] = {}
-        self._seen: set[int] = set()
-        self.stuck = False
-
-    async def poll(self, session: aiohttp.ClientSession) -> bool:
-        """Read one page; return whether it was full (more may be waiting right away)."""
-        url = f"{self.base_url}/events?since={self.since_ms}&limit={EXPIRY_POLL_LIMIT}"
-        page = await get_json(session, url)
-        events: list[dict[str, Any]] = page["events"]
-        for event in events:
-            if event["seq"] in self._seen:
-                continue
-            self._seen.add(event["seq"])
-            if event["event"] == "service_unhealthy":
-                self.unhealthy_at.setdefault(event["data"]["nodeId"], event["timestamp"])
-        if not events:
-            return False
-        full = len(events) >= EXPIRY_POLL_LIMIT
-        if full and events[0]["timestamp"] == events[-1]["timestamp"]:
-            # A whole page within one millisecond: ``since`` cannot move past it.
-            self.stuck = True
-        self.since_ms = max(self.since_ms, events[-1]["timestamp"] - 1)
-        return full
-
-
-async def measure_expiry(*, base_url: str, count: int) -> ExpiryResult:
-    registrations = list(expiry_registrations(count))
-    follower = EventFollower(base_url=base_url, since_ms=int(time.time() * 1000) - 1)
-    registering_done = asyncio.Event()
-    last_due = 0.0
-
-    async def follow(session: aiohttp.ClientSession) -> None:
-        # Bounded by the deadline: the last lease's end plus some patience, measured once registration is done.
-        while not follower.stuck:
-            full = await follower.poll(session)
-            if len(follower.unhealthy_at) >= count:
-                return
-            if registering_done.is_set() and time.time() > last_due + EXPIRY_PATIENCE:
-                return
-            if not full:
-                await asyncio.sleep(EXPIRY_POLL_INTERVAL)
-
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        following = asyncio.create_task(follow(session))
-        try:
-            async with asyncio.timeout(POPULATE_TIMEOUT):
-                acked = await register_all(
-                    base_url=base_url, registrations=registrations, concurrency=EXPIRY_CONCURRENCY
-                )
-            # A lease ends ttl after the registration; the ack is the latest moment that can have been.
-            due = {f"{reg['serviceName']}:{reg['host']}:{reg['port']}": ack + reg["ttl"] for reg, ack in acked}
-            last_due = max(due.values())
-            registering_done.set()
-            await following
-        finally:
-            following.cancel()
-
-    result = ExpiryResult(instances=count)
-    for node_id, due_at in due.items():
-        event_ms = follower.unhealthy_at.get(node_id)
-        if event_ms is None:
-            result.missing += 1
-        else:
-            result.lateness_ms.append(event_ms - due_at * 1000)
-    if follower.stuck:
-        result.note = (
-            f"GET /events returned {EXPIRY_POLL_LIMIT} events within one millisecond; later ones were not read."
-        )
-    return result
-
-
-def run_expiry(group: ProcessGroup, *, config: SuiteConfig) -> ExpiryResult:
-    count = config.expiry_instances
-    # Room for every registration and expiry event of the run, so none leaves the ring before it is read.
-    server = group.start_maxine("maxine-expiry", "--event-history", str(4 * count + 1000))
-    progress(f"Registering {count:,} instances with 1-2 s leases that are never renewed; following GET /events.")
-    result = asyncio.run(measure_expiry(base_url=server.url, count=count))
-    group.stop(server)
-    return result
+def run_udp(group: ProcessGroup, *, config: SuiteConfig) -> UdpFigures:
+    """udp.py's two runs (capacity against a bare receiver, then paced below it), on fresh servers."""
+    layout = ServiceLayout()
+    payloads = udp.datagrams(udp.node_ids(layout))
+    bare_port = free_port()
+    bare = group.start(
+        "bare-udp",
+        [sys.executable, str(BENCH_DIR / "udp.py"), "--serve-bare", "--port", str(bare_port)],
+        port=bare_port,
+    )
+    wait_until_ready(bare, path="/")
+    # The UDP endpoint listens on the HTTP port's number (UDP_PORT's default).
+    maxine = group.start_maxine("maxine-udp")
+    progress(f"UDP: registering {len(payloads):,} instances; datagrams will name them in turn.")
+    populate(
+        base_url=maxine.url,
+        registrations=layout.registrations(),
+        concurrency=POPULATE_CONCURRENCY,
+        time_limit=POPULATE_TIMEOUT,
+    )
+    receivers = [
+        udp.Receiver(name="bare asyncio receiver (uvloop)", server=bare, maxine=False),
+        udp.Receiver(name="Maxine (HB1 <nodeId>)", server=maxine, maxine=True),
+    ]
+    capacity = [udp.Capacity(receiver=receiver.name) for receiver in receivers]
+    for round_index in range(config.udp_rounds):
+        for receiver, result in zip(receivers, capacity, strict=True):
+            progress(f"UDP round {round_index + 1}/{config.udp_rounds}: {receiver.name}, as fast as the sender goes.")
+            run = asyncio.run(udp.measure(receiver, payloads, duration=config.udp_duration, rate=None))
+            result.rounds.append(run)
+            progress(f"  sent {run.sent_per_s:,.0f}/s, processed {run.processed_per_s:,.0f}/s.")
+    fraction = udp.DEFAULT_PACED_FRACTION
+    rate = capacity[1].best.processed_per_s * fraction
+    progress(f"UDP paced run: {rate:,.0f} datagrams/s to Maxine for {config.udp_duration:g} s.")
+    paced_run = asyncio.run(udp.measure(receivers[1], payloads, duration=config.udp_duration, rate=rate))
+    group.stop(maxine)
+    group.stop(bare)
+    return UdpFigures(capacity=capacity, paced=paced_run, paced_fraction=fraction)
 
 
 # The report.
@@ -480,7 +431,9 @@ class Report:
     meta: dict[str, Any]
     throughput: list[ScenarioResult]
     memory: MemoryResult
+    udp: UdpFigures
     expiry: ExpiryResult
+    push: PushResult
 
     def as_dict(self) -> dict[str, Any]:
         ceiling = self.throughput[0]
@@ -488,7 +441,10 @@ class Report:
             "meta": self.meta,
             "throughput": [scenario.as_dict(ceiling=ceiling) for scenario in self.throughput],
             "memory": self.memory.as_dict(),
+            "udp": self.udp.as_dict(),
             "expiry": self.expiry.as_dict(),
+            "event_push": self.push.as_dict(),
+            "targets": [target.as_dict() for target in targets(self)],
         }
 
 
@@ -556,17 +512,138 @@ def render(report: Report) -> str:
             f" ({memory.per_instance_bytes(rss):,.0f} bytes each)"
         )
 
-    expiry = report.expiry.as_dict()
-    lines += [
-        "",
-        f"lease expiry: {expiry['instances']:,} instances with leases of 1-2 s, never renewed; "
-        f"service_unhealthy seen for {expiry['seen']:,}, missing {expiry['missing']}",
-        f"  lateness after the lease ended: p50 {_ms(expiry['lateness_p50_ms'])}, p99 {_ms(expiry['lateness_p99_ms'])},"
-        f" max {_ms(expiry['lateness_max_ms'])} (min {_ms(expiry['lateness_min_ms'])})",
-    ]
-    if report.expiry.note:
-        lines.append(f"  note: {report.expiry.note}")
+    udp_figures = report.udp
+    lines += ["", "UDP heartbeats (udp.py): capacity, as fast as the sender goes; best round, median beside it"]
+    for capacity in udp_figures.capacity:
+        strongest = capacity.best
+        lost = strongest.lost / strongest.sent if strongest.sent else 0.0
+        lines.append(
+            f"  {capacity.receiver:<32} {strongest.processed_per_s:>10,.0f} received/s"
+            f" (median {capacity.median_per_s:,.0f}), sent {strongest.sent_per_s:,.0f}/s, lost {lost:.1%}"
+        )
+    paced_run = udp_figures.paced
+    lines.append(
+        f"  paced at {udp_figures.paced_fraction:.0%} of Maxine's best: {paced_run.sent:,} sent"
+        f" ({paced_run.sent_per_s:,.0f}/s), {paced_run.renewed:,} renewed a lease, {udp_figures.paced_lost:,} lost"
+    )
+
+    lines += ["", expiry_render(report.expiry), "", push_render(report.push), ""]
+    lines += render_targets(targets(report), quick=bool(meta.get("quick")))
     return "\n".join(lines)
+
+
+# The targets table.
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    figure: str
+    measured: str
+    target: str
+    # None when the run could not measure the figure (a server without the counter, nothing seen).
+    met: bool | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"figure": self.figure, "measured": self.measured, "target": self.target, "met": self.met}
+
+
+def _at_least(value: float, bound: float) -> bool | None:
+    return None if math.isnan(value) else value >= bound
+
+
+def _at_most(value: float, bound: float) -> bool | None:
+    return None if math.isnan(value) else value <= bound
+
+
+def targets(report: Report) -> list[Target]:
+    """Every figure the speed targets name, measured in this run, against its target."""
+    by_name = {scenario.name: scenario for scenario in report.throughput}
+    ceiling = report.throughput[0].best.requests_per_s
+    rows: list[Target] = []
+    for name, share, label in (
+        ("GET /discover", 0.7, "GET /discover (1000 services x 3)"),
+        ("POST /heartbeat", 0.7, "POST /heartbeat"),
+        ("POST /register (new instance)", 0.5, "POST /register (fresh instances)"),
+    ):
+        best = by_name[name].best
+        ratio = best.requests_per_s / ceiling if ceiling else float("nan")
+        rows.append(
+            Target(
+                f"{label}: req/s",
+                f"{ratio:.2f} x ceiling ({best.requests_per_s:,.0f})",
+                f">= {share:.2f} x ceiling",
+                _at_least(ratio, share),
+            )
+        )
+        if share == 0.7:
+            rows.append(Target(f"{label}: p99", f"{best.p99_ms:.2f} ms", "<= 2 ms", _at_most(best.p99_ms, 2.0)))
+
+    udp_figures = report.udp
+    rows.append(
+        Target(
+            "UDP heartbeats: datagrams/s",
+            f"{udp_figures.ratio:.2f} x bare receiver",
+            ">= 0.80 x bare receiver",
+            _at_least(udp_figures.ratio, 0.8),
+        )
+    )
+    rows.append(
+        Target(
+            "UDP heartbeats: lost below capacity",
+            f"{udp_figures.paced_lost:,} of {udp_figures.paced.sent:,}",
+            "0",
+            udp_figures.paced_lost == 0,
+        )
+    )
+
+    memory = report.memory
+    for label, rss in (("registered", memory.rss_registered), ("then each discovered", memory.rss_discovered)):
+        whole = memory.rss_before / MIB + memory.per_100k_mib(rss)
+        estimated = "" if memory.instances == 100_000 else f" (from {memory.instances:,})"
+        rows.append(
+            Target(f"memory, 100k instances {label}", f"{whole:.1f} MiB RSS{estimated}", "<= 100 MiB", whole <= 100)
+        )
+
+    expiry = report.expiry
+    lateness_p99 = expiry.p99_ms
+    rows.append(
+        Target(
+            "lease expiry: p99 lateness",
+            f"{lateness_p99:,.0f} ms" if not math.isnan(lateness_p99) else "nothing seen",
+            "<= 1000 ms",
+            _at_most(lateness_p99, 1000.0) if not expiry.missing else False,
+        )
+    )
+    sweeper = expiry.sweeper_share
+    rate = expiry.plan.expiring / expiry.plan.window
+    rows.append(
+        Target(
+            "lease expiry: sweeper CPU",
+            "not exposed" if sweeper is None else f"{sweeper:.1%} of a core at {rate:,.0f} expiries/s",
+            "<= 5% of a core",
+            None if sweeper is None else sweeper <= 0.05,
+        )
+    )
+    push_p99 = report.push.p99_ms
+    rows.append(
+        Target(
+            "event push: register -> WebSocket, p99",
+            f"{push_p99:.2f} ms at {report.push.rate:,.0f}/s" if not math.isnan(push_p99) else "nothing received",
+            "<= 10 ms",
+            _at_most(push_p99, 10.0) if not report.push.missing else False,
+        )
+    )
+    return rows
+
+
+def render_targets(rows: list[Target], *, quick: bool) -> list[str]:
+    lines = ["Targets" + (" (--quick: a smoke test; judge targets by a full run)" if quick else "")]
+    header = f"{'figure':<44} {'measured':<44} {'target':<24} {'met':<4}"
+    lines += [header, "-" * len(header)]
+    for row in rows:
+        met = "-" if row.met is None else ("yes" if row.met else "NO")
+        lines.append(f"{row.figure:<44} {row.measured:<44} {row.target:<24} {met:<4}")
+    return lines
 
 
 def describe_environment(
@@ -590,6 +667,7 @@ def describe_environment(
         "command": " ".join(["python", *argv]),
         "discover": "rotating over all 1000 services (bench/wrk/discover.lua)",
         "maxine_args": " ".join(config.maxine_args) or "(defaults)",
+        "quick": config.quick,
     }
 
 
@@ -597,7 +675,9 @@ def describe_environment(
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Maxine's benchmarks: throughput, latency, memory, expiry lateness.")
+    parser = argparse.ArgumentParser(
+        description="Maxine's benchmarks: throughput, latency, memory, UDP, expiry lateness, event push; the targets."
+    )
     parser.add_argument(
         "--duration", type=float, default=None, help=f"Seconds per wrk run (default {DEFAULT_DURATION:g})."
     )
@@ -616,7 +696,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help=f"Short runs ({QUICK_DURATION:g} s), {QUICK_MEMORY_INSTANCES:,} instances for memory, "
-        f"{QUICK_EXPIRY_INSTANCES} for expiry: a smoke test, not a measurement.",
+        f"{QUICK_EXPIRING:,} expiring leases over {QUICK_WINDOW:g} s: a smoke test, not a measurement.",
     )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results to this JSON file.")
     parser.add_argument("--server-cpu", type=int, default=DEFAULT_SERVER_CPU, help="CPU for the servers (default 0).")
@@ -655,7 +735,11 @@ def build_config(args: argparse.Namespace) -> SuiteConfig:
         warmup=warmup,
         rounds=args.rounds if args.rounds is not None else (1 if quick else DEFAULT_ROUNDS),
         memory_instances=QUICK_MEMORY_INSTANCES if quick else MEMORY_INSTANCES,
-        expiry_instances=QUICK_EXPIRY_INSTANCES if quick else EXPIRY_INSTANCES,
+        expiry=ExpiryPlan.quick() if quick else ExpiryPlan(),
+        udp_duration=QUICK_UDP_DURATION if quick else UDP_DURATION,
+        udp_rounds=1 if quick else UDP_ROUNDS,
+        push_duration=QUICK_PUSH_DURATION if quick else PUSH_DURATION,
+        quick=quick,
         maxine_args=tuple(args.maxine_arg),
     )
 
@@ -688,12 +772,16 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessGroup(pinning=pinning) as group:
             throughput = run_throughput(group, config=config)
             memory = run_memory(group, config=config)
-            expiry = run_expiry(group, config=config)
+            udp_figures = run_udp(group, config=config)
+            progress("Lease expiry at scale, under heartbeats.")
+            expiry = run_expiry(group, plan=config.expiry)
+            progress("Event push: registrations to a WebSocket subscriber.")
+            push = run_event_push(group, duration=config.push_duration)
     except KeyboardInterrupt:
         progress("Interrupted; every server started has been stopped.")
         return 130
 
-    report = Report(meta=meta, throughput=throughput, memory=memory, expiry=expiry)
+    report = Report(meta=meta, throughput=throughput, memory=memory, udp=udp_figures, expiry=expiry, push=push)
     print(render(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")

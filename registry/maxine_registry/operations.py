@@ -109,6 +109,9 @@ class RequestStats:
     errors: int = 0
     # Open WebSocket event connections; the WebSocket transport keeps it current.
     ws_connections: int = 0
+    # Lease sweeps run, and the CPU seconds they took (the server's sweeper keeps these).
+    sweeps: int = 0
+    sweep_cpu_seconds: float = 0.0
     started_at: float = field(default_factory=time.time)
     started_monotonic: float = field(default_factory=time.monotonic)
 
@@ -437,6 +440,8 @@ class Operations:
                 "persistenceEnabled": self.persistence is not None,
                 "persistenceType": self.persistence.kind if self.persistence is not None else "none",
                 "wsConnections": self.stats.ws_connections,
+                "sweeps": self.stats.sweeps,
+                "sweepCpuSeconds": round(self.stats.sweep_cpu_seconds, 6),
                 "eventsBroadcasted": registry.events.published,
                 "cacheHits": registry.cache_stats.hits,
                 "cacheMisses": registry.cache_stats.misses,
