@@ -1,7 +1,7 @@
 """
 Lease expiry at scale: how late instances leave a registry of 100k while it serves 10k heartbeats a second.
 
-The registry holds two populations. A live one (10,000 instances, 10 s leases) receives 10,000
+The registry holds two populations. A live one (10,000 instances, 5 s leases) receives 10,000
 HTTP heartbeats a second, so each is renewed about once a second and none may ever expire. An
 expiring one (100,000 instances) never heartbeats; each gets a lease chosen when its registration
 leaves the client, so that the lease ends at a planned moment and the ends are spread evenly over
