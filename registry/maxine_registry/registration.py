@@ -135,14 +135,17 @@ def parse_weight(value: object) -> float:
 def parse_ttl(value: object) -> float | None:
     if value is None:
         return None
+    # A lease length seen before is valid (only valid ones are remembered): one lookup settles it.
+    # ``type`` rather than ``isinstance``: a bool is an int in Python, and a list cannot be looked up.
+    if type(value) is int or type(value) is float:
+        shared = _shared_ttls.get(value)
+        if shared is not None:
+            return shared
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInput(f"ttl must be a number of seconds, got {value!r}.")
     if not MIN_TTL <= value <= MAX_TTL:
         raise InvalidInput(f"ttl must be between {MIN_TTL:.0f} and {MAX_TTL:.0f} seconds, got {value!r}.")
     ttl = float(value)
-    shared = _shared_ttls.get(ttl)
-    if shared is not None:
-        return shared
     if len(_shared_ttls) < MAX_SHARED_TTLS:
         _shared_ttls[ttl] = ttl
     return ttl
