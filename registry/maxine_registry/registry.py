@@ -9,9 +9,10 @@ State:
 - ``_nodes`` maps each node id to its instance, so heartbeats and deregistrations are one lookup.
 - ``_services`` maps a service name to a ``Service``, which holds its instances in registration
   order and a cache of candidate sets per (version, tags) filter, rebuilt lazily after a change.
-- ``_by_address`` finds the instance (or instances) at a host and port, for short node ids. It is
-  keyed by the instance's own host string, so an index entry allocates no key of its own: a host
-  with one instance maps to it, a host with several maps to a dict by port (see ``_index_address``).
+- ``_by_address`` finds the instance (or instances) at a host and port, for short node ids. Most
+  clients only ever send full node ids, so it is built on the first short one and kept up to date
+  from then on. It is keyed by the instance's own host string, so an entry allocates no key of its
+  own: a host with one instance maps to it, a host with several to a dict by port.
 - the lease wheel finds expired leases (see ``leases``).
 
 Every change to a service bumps its ``revision`` from one registry-wide sequence, which later
@@ -54,6 +55,8 @@ DEFAULT_HEARTBEAT_EVENT_INTERVAL = 10.0
 MAX_CANDIDATE_SETS_PER_SERVICE = 64
 
 CandidateKey = tuple[str | None, frozenset[str]]
+# Host, then (where a host runs several instances) port, to the instance or instances there.
+AddressIndex = dict[str, Instance | dict[int, Instance | list[Instance]]]
 
 
 @dataclass(slots=True)
@@ -151,7 +154,8 @@ class Registry:
         self.rng = rng if rng is not None else random.Random()
         self._services: dict[str, Service] = {}
         self._nodes: dict[str, Instance] = {}
-        self._by_address: dict[str, Instance | dict[int, Instance | list[Instance]]] = {}
+        # None until a short node id first needs it (see ``_at_address``).
+        self._by_address: AddressIndex | None = None
         self._leases = LeaseWheel(now=clock(), resolution=lease_resolution)
         self._revision = 0
         self._traffic: dict[str, TrafficPolicy] = {}
@@ -269,7 +273,8 @@ class Registry:
             )
         service.instances[node_id] = instance
         self._nodes[node_id] = instance
-        self._index_address(instance)
+        if self._by_address is not None:
+            self._index_address(instance, self._by_address)
         self._leases.add(instance)
         self._touch(service)
 
@@ -659,23 +664,25 @@ class Registry:
         self._tripped.discard(instance)
         self._heartbeat_announced.pop(instance.node_id, None)
         del self._nodes[instance.node_id]
-        self._unindex_address(instance)
+        if self._by_address is not None:
+            self._unindex_address(instance, self._by_address)
         service = self._services[instance.service_name]
         del service.instances[instance.node_id]
         self._touch(service)
         if not service.instances:
             del self._services[service.name]
 
-    def _index_address(self, instance: Instance) -> None:
+    @staticmethod
+    def _index_address(instance: Instance, by_address: AddressIndex) -> None:
         # Most hosts run one instance: the host maps straight to it. Once a second one arrives the
         # host maps to a dict by port, whose values are lists only where several services share a port.
         host = instance.host
-        found = self._by_address.get(host)
+        found = by_address.get(host)
         if found is None:
-            self._by_address[host] = instance
+            by_address[host] = instance
             return
         if not isinstance(found, dict):
-            found = self._by_address[host] = {found.port: found}
+            found = by_address[host] = {found.port: found}
         at_port = found.get(instance.port)
         if at_port is None:
             found[instance.port] = instance
@@ -684,11 +691,12 @@ class Registry:
         else:
             found[instance.port] = [at_port, instance]
 
-    def _unindex_address(self, instance: Instance) -> None:
+    @staticmethod
+    def _unindex_address(instance: Instance, by_address: AddressIndex) -> None:
         host = instance.host
-        found = self._by_address.get(host)
+        found = by_address.get(host)
         if found is instance:
-            del self._by_address[host]
+            del by_address[host]
             return
         if not isinstance(found, dict):
             return
@@ -700,11 +708,19 @@ class Registry:
             if len(at_port) == 1:
                 found[instance.port] = at_port[0]
         if not found:
-            del self._by_address[host]
+            del by_address[host]
 
     def _at_address(self, host: str, port: int) -> Instance | list[Instance] | None:
         """The instance at this address, the list of them when several services share it, or None."""
-        found = self._by_address.get(host)
+        by_address = self._by_address
+        if by_address is None:
+            # The first short node id: index every instance now; registrations keep it current from here.
+            by_address = self._by_address = {}
+            for instance in self._nodes.values():
+                self._index_address(instance, by_address)
+            logger.debug("Indexed instances by address for short node ids.", extra={"nodes": len(self._nodes)})
+
+        found = by_address.get(host)
         if isinstance(found, dict):
             return found.get(port)
         if found is not None and found.port == port:

@@ -237,10 +237,12 @@ def test_a_short_node_id_finds_its_instance_among_many_on_one_host(registry: Reg
     registry.register(registration(service="other", host="10.0.0.2", port=81))
 
     assert registry.heartbeat("10.0.0.1:81").node_id == "svc-81:10.0.0.1:81"
+    registry.register(registration(service="late", port=83))
     registry.deregister("10.0.0.1:80")
     registry.deregister("10.0.0.1:82")
 
     assert registry.heartbeat("10.0.0.1:81").node_id == "svc-81:10.0.0.1:81"
+    assert registry.heartbeat("10.0.0.1:83").node_id == "late:10.0.0.1:83"
     assert registry.heartbeat("10.0.0.2:81").node_id == "other:10.0.0.2:81"
     registry.deregister("10.0.0.1:81")
     with pytest.raises(NotRegistered):
