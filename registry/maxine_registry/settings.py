@@ -121,8 +121,10 @@ class Settings:
     ws_max_connections: int = setting(
         1000, env="WS_MAX_CONNECTIONS", help="Most WebSocket event connections open at once (503 above)."
     )
+    # One lease sweep may end thousands of leases at once; a subscriber to everything must not be
+    # cut for that burst alone. The queues hold shared, already encoded events.
     ws_queue_size: int = setting(
-        1000,
+        10_000,
         env="WS_QUEUE_SIZE",
         help="Events queued for one WebSocket client; a client that falls further behind is closed (1013).",
     )
