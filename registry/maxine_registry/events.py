@@ -43,7 +43,8 @@ class Event:
     """
     One change, as the history ring keeps it and every subscriber receives it; only ever read.
 
-    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``, which makes
+    Not frozen, and built positionally: a frozen dataclass sets each field through
+    ``object.__setattr__``, and a class called with keywords gets them as a dict; either makes
     publishing, done inside every registry write, several times slower.
     """
 
@@ -72,7 +73,7 @@ class EventBus:
 
     def publish(self, event: str, data: dict[str, Any]) -> Event:
         self._seq += 1
-        published = Event(seq=self._seq, event=event, data=data, timestamp=int(self._wall() * 1000))
+        published = Event(self._seq, event, data, int(self._wall() * 1000))
         self._history.append((published.seq, event, data, published.timestamp))
         self.counts[event] += 1
         for subscriber in self._subscribers:

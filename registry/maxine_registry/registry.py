@@ -118,7 +118,11 @@ class Service:
 
 @dataclass(slots=True)
 class RegisterResult:
-    """What a registration did; only ever read (not frozen, as that would slow every registration down)."""
+    """
+    What a registration did; only ever read.
+
+    Not frozen and built positionally, as either would slow every registration down (see ``Registration``).
+    """
 
     instance: Instance
     created: bool
@@ -245,7 +249,7 @@ class Registry:
                 self._touch(self._services[existing.service_name])
             if shortened:
                 self._leases.add(existing)
-            return RegisterResult(existing, created=False)
+            return RegisterResult(existing, False)
 
         if len(self._nodes) >= self.max_instances:
             raise Unavailable(
@@ -253,18 +257,9 @@ class Registry:
                 code="registry_full",
             )
 
+        # Positional, in the order of Instance's parameters: see Instance for why.
         instance = Instance(
-            service_name=service_name,
-            host=registration.host,
-            port=registration.port,
-            node_id=node_id,
-            metadata_json=metadata.metadata_json,
-            version=metadata.version,
-            tags=metadata.tags,
-            weight=metadata.weight,
-            ttl=ttl,
-            expires_at=now + ttl,
-            registered_at=self.wall(),
+            service_name, registration.host, registration.port, node_id, metadata, ttl, now + ttl, self.wall()
         )
         service = self._services.get(service_name)
         if service is None:
@@ -279,7 +274,7 @@ class Registry:
         self._touch(service)
 
         self.events.publish(ev.SERVICE_REGISTERED, {"serviceName": service_name, "nodeId": node_id})
-        return RegisterResult(instance, created=True)
+        return RegisterResult(instance, True)
 
     def heartbeat(self, node_ref: object) -> Instance:
         instance = self._nodes.get(node_ref) if isinstance(node_ref, str) else None
