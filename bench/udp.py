@@ -37,6 +37,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -63,6 +64,10 @@ from harness import (
     source_revision,
     wait_until_ready,
 )
+from maxine_registry.operations import RequestStats
+from maxine_registry.registration import parse_registration
+from maxine_registry.registry import Registry
+from maxine_registry.udp import UdpHeartbeatServer, bind_udp_socket, sign
 
 DEFAULT_DURATION = 4.0
 QUICK_DURATION = 2.0
@@ -70,14 +75,22 @@ DEFAULT_ROUNDS = 3
 DEFAULT_PACED_FRACTION = 0.5
 # Datagrams one run may send at most, whatever the duration: a bound on the loop, not a target.
 MAX_DATAGRAMS_PER_RUN = 5_000_000
-# A receiver's count is read this often after the sender stops, until it stops moving.
-DRAIN_POLL = 0.05
+# A receiver's count is read every DRAIN_POLL after the sender stops; it is done once the count has
+# not moved for DRAIN_QUIET. The poll is short because the time the count last moved ends the
+# receiver's run: a coarse poll adds up to a poll's length to the run of a receiver still working
+# off its socket buffer when the sender stops (the slower one), and next to nothing to one that kept up.
+DRAIN_POLL = 0.01
+DRAIN_QUIET = 0.05
 DRAIN_LIMIT = 10.0
 PACE_TICK = 0.001
 SEND_BATCH = 256
 POPULATE_CONCURRENCY = 64
 POPULATE_TIMEOUT = 300.0
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
+# The in-process run (--in-process): calls per receiver, rounds of which the best counts, and a key.
+IN_PROCESS_CALLS = 200_000
+IN_PROCESS_ROUNDS = 3
+IN_PROCESS_KEY = b"an in-process benchmark key, 32 bytes or more"
 # A receiver that lost less than this kept up with the sender: its figure is a floor, not its limit.
 SENDER_BOUND_LOSS = 0.01
 MAX_ROUNDS = 20
@@ -97,9 +110,9 @@ class CountingProtocol(asyncio.DatagramProtocol):
 async def serve_bare(host: str, port: int) -> None:
     """Count UDP datagrams on ``port``; answer any HTTP request on the same TCP port with the count."""
     counter = CountingProtocol()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SEND_BUFFER_BYTES)  # the size Maxine asks for
-    sock.bind((host, port))
+    # Bound by Maxine's own function, so both receivers read from the same kind of socket, with the
+    # same receive buffer: the comparison is of what each does with a datagram, nothing else.
+    sock = bind_udp_socket(host, port)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: counter, sock=sock)
 
@@ -195,12 +208,11 @@ async def drained(receiver: Receiver, session: aiohttp.ClientSession, *, since: 
     processed, renewed = await receiver.counts(session)
     moved_at = time.monotonic()
     deadline = moved_at + DRAIN_LIMIT
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and time.monotonic() - moved_at < DRAIN_QUIET:
         await asyncio.sleep(DRAIN_POLL)
         now_processed, now_renewed = await receiver.counts(session)
-        if now_processed == processed:
-            break
-        processed, renewed, moved_at = now_processed, now_renewed, time.monotonic()
+        if now_processed != processed:
+            processed, renewed, moved_at = now_processed, now_renewed, time.monotonic()
     return processed, renewed, max(moved_at - since, 1e-9)
 
 
@@ -321,6 +333,87 @@ async def measure(receiver: Receiver, payloads: list[bytes], *, duration: float,
     )
 
 
+# In process: the Python cost of one datagram, without sockets, for iterating on the receiver.
+
+
+def fresh_copies(datagrams: list[bytes], count: int) -> list[bytes]:
+    """``count`` datagrams cycling through ``datagrams``, each a new object, as the socket hands them over."""
+    # A bytes object caches its hash once computed; a real datagram arrives without one.
+    return [bytes(bytearray(datagrams[index % len(datagrams)])) for index in range(count)]
+
+
+def signed_datagrams(node_ids: list[str], count: int, *, key: bytes, first_ms: int) -> list[bytes]:
+    """Signed heartbeats naming the nodes in turn, with timestamps that only grow, as a real fleet sends them."""
+    signed = []
+    for index in range(count):
+        head = f"HB1 {node_ids[index % len(node_ids)]} {first_ms + index}".encode()
+        signed.append(head + b" " + sign(key, head))
+    return signed
+
+
+def time_receiver(make: Callable[[], asyncio.DatagramProtocol], datagrams: list[bytes]) -> float:
+    """Best of IN_PROCESS_ROUNDS: microseconds per ``datagram_received`` call, on a fresh receiver each round."""
+    best = float("inf")
+    address = (LOOPBACK, 40000)
+    for _ in range(IN_PROCESS_ROUNDS):
+        receive = make().datagram_received
+        started = time.perf_counter()
+        for datagram in datagrams:
+            receive(datagram, address)
+        best = min(best, time.perf_counter() - started)
+    return best / len(datagrams) * 1e6
+
+
+def in_process(*, count: int) -> str:
+    """Maxine's receiver against the counting one, called directly with the datagrams of the wall-clock run."""
+    layout = ServiceLayout()
+    registry = Registry()
+    for item in layout.registrations():
+        registry.register(parse_registration(item))
+    ids = node_ids(layout)
+    unsigned = fresh_copies(datagrams(ids), count)
+    # Timestamps are checked against a wall clock that stands in the middle of the run's timestamps.
+    first_ms = int(time.time() * 1000)
+    signed = signed_datagrams(ids, count, key=IN_PROCESS_KEY, first_ms=first_ms)
+    skew = count / 1000 + 1
+
+    servers: list[UdpHeartbeatServer] = []
+
+    def maxine(*, key: bytes | None) -> asyncio.DatagramProtocol:
+        server = UdpHeartbeatServer(
+            registry=registry,
+            requests=RequestStats(),
+            host=LOOPBACK,
+            port=0,
+            key=key,
+            max_skew=skew,
+            wall=lambda: first_ms / 1000 + skew / 2,
+        )
+        servers.append(server)
+        return server.protocol
+
+    def timed(make: Callable[[], asyncio.DatagramProtocol], datagrams: list[bytes]) -> float:
+        micros = time_receiver(make, datagrams)
+        # A figure for datagrams that were dropped would measure the wrong path.
+        if servers and servers[-1].stats.renewed != len(datagrams):
+            raise RuntimeError(f"Not every datagram renewed a lease: {servers[-1].stats}.")
+        return micros
+
+    bare = time_receiver(CountingProtocol, unsigned)
+    rows = [
+        ("counting only (the bare receiver)", bare),
+        ("Maxine, HB1 <nodeId>", timed(lambda: maxine(key=None), unsigned)),
+        ("Maxine, signed (UDP_HMAC_KEY set)", timed(lambda: maxine(key=IN_PROCESS_KEY), signed)),
+    ]
+    lines = [
+        f"In process: datagram_received called {count:,} times (best of {IN_PROCESS_ROUNDS}), datagrams naming "
+        f"{len(ids):,} registered instances in turn; no sockets, no event loop.",
+        f"{'receiver':<36} {'us/datagram':>12} {'beyond bare':>12}",
+    ]
+    lines += [f"{name:<36} {micros:>12.3f} {micros - bare:>12.3f}" for name, micros in rows]
+    return "\n".join(lines)
+
+
 # The run and its report.
 
 
@@ -377,6 +470,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--server-cpu", type=int, default=DEFAULT_SERVER_CPU, help="CPU for the servers (default 0).")
     parser.add_argument("--load-cpu", type=int, default=DEFAULT_LOAD_CPU, help="CPU for the sender (default 1).")
     parser.add_argument("--no-pin", action="store_true", help="Do not pin processes to CPUs.")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="Only time the receivers' Python in this process (no sockets, no servers), and exit.",
+    )
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--host", default=LOOPBACK, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -400,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
         asyncio.run(serve_bare(args.host, args.port))
+        return 0
+    if args.in_process:
+        print(in_process(count=IN_PROCESS_CALLS))
         return 0
 
     duration = QUICK_DURATION if args.quick else args.duration

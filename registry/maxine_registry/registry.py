@@ -737,6 +737,34 @@ class Registry:
             wanted.append(f"tags {sorted(tags)}")
         raise NoInstance(f"Service {service.name!r} has no instance with {' and '.join(wanted)}.")
 
+    def renew_exact(self, node_id: str) -> Instance | None:
+        """
+        ``heartbeat`` for a full node id only, answering None where ``heartbeat`` would raise ``NotRegistered``.
+
+        For transports that take heartbeats in bulk (UDP): the lookup is one dictionary access, and a
+        node that has left costs no exception. Short ids still go through ``heartbeat``. What a
+        renewal does after the lookup is the same as there: the lease, the heartbeat event, the listeners.
+        """
+        instance = self._nodes.get(node_id)
+        if instance is None:
+            return None
+        # Read as an attribute, then called: CPython cannot specialise ``self.clock()`` on an instance attribute.
+        clock = self.clock
+        now = clock()
+        instance.expires_at = now + instance.ttl
+        if self.heartbeat_events:
+            last = self._heartbeat_announced.get(instance.node_id)
+            if last is None or now - last >= self.heartbeat_event_interval:
+                self._heartbeat_announced[instance.node_id] = now
+                self.events.publish(
+                    ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id}
+                )
+        listeners = self.heartbeat_listeners
+        if listeners:  # most registries have none, and looping over an empty list still builds an iterator
+            for listener in listeners:
+                listener(instance)
+        return instance
+
 
 def parse_tag_filter(value: str | None) -> frozenset[str]:
     """Tags as a discover query gives them: comma-separated, blanks ignored."""

@@ -2,8 +2,9 @@
 Heartbeats as UDP datagrams: one datagram renews one lease, with no connection and, normally, no answer.
 
 A heartbeat over HTTP costs a connection's worth of parsing and an answer; over UDP it costs one
-``recvfrom`` and one dictionary lookup, which is what a fleet of thousands of instances beating
-every few seconds wants. Each datagram is ASCII text, fields separated by one space::
+``recvfrom`` and two dictionary lookups (the datagram, then its node), which is what a fleet of
+thousands of instances beating every few seconds wants. Each datagram is ASCII text, fields
+separated by one space::
 
     HB1 <nodeId>                                    renew, no answer
     HB1R <nodeId>                                   renew; answer "NR1 <nodeId>" if the node is unknown
@@ -16,11 +17,13 @@ works. With a key set, only signed datagrams count, and a datagram whose timesta
 ``UDP_MAX_SKEW`` seconds away from the registry's clock, or not later than the last one accepted
 for the same node, is refused: a captured datagram cannot be replayed.
 
-The renewal is ``Registry.heartbeat``, the very call the HTTP route makes. What the registry
-refuses and everything that does not parse is dropped without an answer and counted in
-``UdpStats``; nothing is logged per datagram above debug, so a flood of garbage costs CPU, not
-disk. The one answer there is, ``NR1 <nodeId>`` to an ``HB1R`` heartbeat for a node the registry
-does not know, lets a client register again at once instead of waiting for its next HTTP call.
+The renewal is ``Registry.heartbeat``, the very call the HTTP route makes, or for an unsigned
+datagram seen before, ``Registry.renew_exact``, the same renewal of a node named by its full id
+(``HeartbeatProtocol`` says why that is safe). What the registry refuses and everything that
+does not parse is dropped without an answer and counted in ``UdpStats``; nothing is logged per
+datagram above debug, so a flood of garbage costs CPU, not disk. The one answer there is,
+``NR1 <nodeId>`` to an ``HB1R`` heartbeat for a node the registry does not know, lets a client
+register again at once instead of waiting for its next HTTP call.
 It is shorter than the datagram that asked for it and capped at ``MAX_REPLIES_PER_SECOND``, so the
 registry cannot be used to amplify traffic towards a forged source address.
 
@@ -43,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, cast
 
-from maxine_registry.errors import InvalidInput, MaxineError, NotRegistered
+from maxine_registry.errors import MaxineError, NotRegistered
 from maxine_registry.model import format_address
 from maxine_registry.operations import Operations, RequestStats
 from maxine_registry.registry import Registry
@@ -63,6 +66,14 @@ MAX_REPLIES_PER_SECOND = 1000
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # Unexpected failures are logged the first time and then once every this many, never per datagram.
 FAILURE_LOG_EVERY = 1000
+# Tables kept per node (remembered datagrams, last signed timestamps) are started afresh or swept
+# once they hold more than twice the registry's nodes plus this many entries.
+REMEMBERED_SLACK = 1024
+TRACKED_SLACK = 1024
+# HMAC-SHA256's block: the key is padded to it (RFC 2104), and XORed with these byte tables.
+SHA256_BLOCK_BYTES = 64
+_XOR_IPAD = bytes(value ^ 0x36 for value in range(256))
+_XOR_OPAD = bytes(value ^ 0x5C for value in range(256))
 
 Address = Any  # what the socket reports: (host, port) for IPv4, (host, port, flow, scope) for IPv6
 
@@ -79,7 +90,6 @@ class Dropped(Exception):
 class UdpStats:
     """What the UDP endpoint received, and what became of it; every datagram lands in exactly one outcome."""
 
-    received: int = 0
     renewed: int = 0
     # Not ``HB1``/``HB1R`` text, too long, a node id that does not parse or names several nodes.
     malformed: int = 0
@@ -93,8 +103,13 @@ class UdpStats:
     replies: int = 0
     replies_suppressed: int = 0
 
+    @property
+    def received(self) -> int:
+        # The sum of the outcomes rather than a counter of its own: one addition less per datagram.
+        return self.renewed + self.malformed + self.unknown + self.unauthenticated + self.stale + self.failed
+
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {"received": self.received, **asdict(self)}
 
 
 class Heartbeat(NamedTuple):
@@ -120,28 +135,53 @@ def parse_datagram(data: bytes) -> Heartbeat:
         wants_reply = True
     else:
         raise Dropped("malformed")
-    if len(fields) not in (2, 4) or not fields[1] or not fields[1].isascii():
+    count = len(fields)
+    node_field = fields[1] if count in (2, 4) else b""
+    if not node_field or not node_field.isascii():
         raise Dropped("malformed")
-    node_id = fields[1].decode("ascii")
-    if len(fields) == 2:
+    node_id = node_field.decode("ascii")
+    if count == 2:
         return Heartbeat(node_id, wants_reply)
 
     timestamp, signature = fields[2], fields[3]
     if not timestamp.isdigit() or len(timestamp) > 16 or len(signature) != SIGNATURE_HEX_LENGTH:
         raise Dropped("malformed")
-    signed_part = data[: len(magic) + len(fields[1]) + len(timestamp) + 2]
-    return Heartbeat(
-        node_id=node_id,
-        wants_reply=wants_reply,
-        timestamp_ms=int(timestamp),
-        signature=signature,
-        signed_part=signed_part,
-    )
+    signed_part = data[: len(magic) + len(node_field) + len(timestamp) + 2]
+    return Heartbeat(node_id, wants_reply, int(timestamp), signature, signed_part)
 
 
 def sign(key: bytes, signed_part: bytes) -> bytes:
     """The signature field for ``signed_part`` (``HB1 <nodeId> <timestampMs>``): lowercase hex HMAC-SHA256."""
     return hmac.new(key, signed_part, hashlib.sha256).hexdigest().encode("ascii")
+
+
+class HmacSha256:
+    """
+    HMAC-SHA256 under one fixed key, with the key's two padded blocks hashed once instead of per message.
+
+    ``hmac.new`` derives both pads from the key and hashes them again for every message, which is
+    about as costly as the rest of a signed heartbeat together. HMAC (RFC 2104) is
+    ``H((K ^ opad) || H((K ^ ipad) || message))``: the two prefixes never change, so their hash
+    states are computed here once and copied per message. ``sign`` above gives the same answers.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > SHA256_BLOCK_BYTES:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(SHA256_BLOCK_BYTES, b"\0")
+        self._inner = hashlib.sha256(key.translate(_XOR_IPAD))
+        self._outer = hashlib.sha256(key.translate(_XOR_OPAD))
+
+    def __repr__(self) -> str:
+        return "HmacSha256(key=<hidden>)"
+
+    def hexdigest(self, message: bytes) -> bytes:
+        """The signature field for ``message``: lowercase hex, as ASCII bytes."""
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode("ascii")
 
 
 class Verifier:
@@ -156,7 +196,7 @@ class Verifier:
     def __init__(
         self, *, key: bytes, max_skew: float, registry: Registry, wall: Callable[[], float] = time.time
     ) -> None:
-        self._key = key
+        self._hmac = HmacSha256(key)
         self.max_skew_ms = int(max_skew * 1000)
         self._registry = registry
         self._wall = wall
@@ -167,22 +207,24 @@ class Verifier:
 
     def check(self, heartbeat: Heartbeat) -> None:
         """Raise ``Dropped`` unless the heartbeat is signed with the key, fresh, and newer than the node's last."""
-        if heartbeat.signature is None or heartbeat.timestamp_ms is None:
+        timestamp_ms = heartbeat.timestamp_ms
+        signature = heartbeat.signature
+        if signature is None or timestamp_ms is None:
             raise Dropped("unauthenticated")
-        if not hmac.compare_digest(sign(self._key, heartbeat.signed_part), heartbeat.signature):
+        if not hmac.compare_digest(self._hmac.hexdigest(heartbeat.signed_part), signature):
             raise Dropped("unauthenticated")
-        now_ms = int(self._wall() * 1000)
-        if abs(now_ms - heartbeat.timestamp_ms) > self.max_skew_ms:
+        wall = self._wall  # read, then called: a method-style call of an attribute is not specialised
+        if abs(int(wall() * 1000) - timestamp_ms) > self.max_skew_ms:
             raise Dropped("stale")
         last = self._last_seen.get(heartbeat.node_id)
-        if last is not None and heartbeat.timestamp_ms <= last:
+        if last is not None and timestamp_ms <= last:
             raise Dropped("stale")
 
     def accepted(self, heartbeat: Heartbeat) -> None:
         """Remember the timestamp of a heartbeat that renewed its node."""
         assert heartbeat.timestamp_ms is not None
         self._last_seen[heartbeat.node_id] = heartbeat.timestamp_ms
-        if len(self._last_seen) > 2 * self._registry.node_count + 1024:
+        if len(self._last_seen) > 2 * self._registry.node_count + TRACKED_SLACK:
             self._sweep()
 
     def _sweep(self) -> None:
@@ -198,7 +240,16 @@ class Verifier:
 
 
 class HeartbeatProtocol(asyncio.DatagramProtocol):
-    """The receiving end: each datagram is parsed, checked and turned into ``Registry.heartbeat``."""
+    """
+    The receiving end of unsigned heartbeats: each datagram is parsed and turned into a renewal.
+
+    Every instance sends the same bytes every few seconds, so the parse of a datagram that named
+    a node by its full id is remembered, keyed by the datagram itself: the next identical one
+    costs a dictionary lookup and ``Registry.renew_exact``. What is remembered is only what the
+    bytes say (a full node id), never whether that node exists: the registry is asked every time,
+    so a node that left or came back is treated exactly as on the first datagram. Short ids are
+    not remembered, since which node they name can change as nodes come and go.
+    """
 
     def __init__(
         self,
@@ -206,7 +257,7 @@ class HeartbeatProtocol(asyncio.DatagramProtocol):
         registry: Registry,
         stats: UdpStats,
         requests: RequestStats,
-        verifier: Verifier | None,
+        verifier: Verifier | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -217,21 +268,46 @@ class HeartbeatProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._reply_window = 0
         self._replies_in_window = 0
+        self._renew_exact = registry.renew_exact
+        self._full_ids: dict[bytes, str] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's own datagram transport does not inherit from DatagramTransport; it has its methods.
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        stats = self.stats
-        stats.received += 1
+        # The fast path, for a datagram seen before whose node is still registered. A miss of
+        # either kind takes the full path, which counts the datagram and decides what it is.
+        # (``renew`` is read as an attribute before the call: CPython cannot specialise a method-style
+        # call of a function kept on the instance, and the difference shows at this rate.)
+        node_id = self._full_ids.get(data)
+        if node_id is not None:
+            renew = self._renew_exact
+            try:
+                instance = renew(node_id)
+            except Exception:
+                self.requests.requests += 1
+                self._fail()
+                return
+            if instance is not None:
+                self.stats.renewed += 1
+                self.requests.requests += 1
+                return
+        self._receive(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for answers sent to a closed port; the datagram is gone, nothing to do about it.
+        logger.debug("The UDP heartbeat endpoint got a socket error: %s", exc)
+
+    def _receive(self, data: bytes, addr: Address) -> None:
+        """Parse, check and renew one datagram, count what became of it, and answer if it asks to be."""
         self.requests.requests += 1
         heartbeat: Heartbeat | None = None
         try:
             heartbeat = parse_datagram(data)
             if self.verifier is not None:
                 self.verifier.check(heartbeat)
-            self.registry.heartbeat(heartbeat.node_id)
+            instance = self.registry.heartbeat(heartbeat.node_id)
         except Dropped as dropped:
             self._drop(dropped.reason)
             return
@@ -240,26 +316,35 @@ class HeartbeatProtocol(asyncio.DatagramProtocol):
             if heartbeat is not None and heartbeat.wants_reply:
                 self._reply(NOT_REGISTERED_REPLY + b" " + heartbeat.node_id.encode("ascii"), addr)
             return
-        except InvalidInput:
-            self._drop("malformed")
-            return
         except MaxineError:
-            # The one other refusal a heartbeat meets: a short id that names several nodes.
+            # Invalid input, or the one other refusal a heartbeat meets: a short id that names several nodes.
             self._drop("malformed")
             return
         except Exception:
-            self._drop("failed")
-            if stats.failed % FAILURE_LOG_EVERY == 1:
-                logger.exception("A UDP heartbeat failed unexpectedly (%d so far); the endpoint goes on.", stats.failed)
+            self._fail()
             return
 
-        stats.renewed += 1
+        self.stats.renewed += 1
         if self.verifier is not None:
             self.verifier.accepted(heartbeat)
+        elif instance.node_id == heartbeat.node_id:
+            self._remember(data, instance.node_id)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for answers sent to a closed port; the datagram is gone, nothing to do about it.
-        logger.debug("The UDP heartbeat endpoint got a socket error: %s", exc)
+    def _remember(self, data: bytes, node_id: str) -> None:
+        # A node has a handful of spellings at most (HB1 or HB1R, a trailing newline or not), so a
+        # table past twice the registry's size holds datagrams of nodes long gone: start it afresh.
+        full_ids = self._full_ids
+        if len(full_ids) >= 2 * self.registry.node_count + REMEMBERED_SLACK:
+            full_ids.clear()
+        full_ids[data] = node_id
+
+    def _fail(self) -> None:
+        """Count a renewal that raised; called from the ``except`` clause, so the log has the traceback."""
+        self._drop("failed")
+        if self.stats.failed % FAILURE_LOG_EVERY == 1:
+            logger.exception(
+                "A UDP heartbeat failed unexpectedly (%d so far); the endpoint goes on.", self.stats.failed
+            )
 
     def _drop(self, reason: str) -> None:
         setattr(self.stats, reason, getattr(self.stats, reason) + 1)
@@ -277,6 +362,18 @@ class HeartbeatProtocol(asyncio.DatagramProtocol):
         self._replies_in_window += 1
         self.stats.replies += 1
         self.transport.sendto(message, addr)
+
+
+class SignedHeartbeatProtocol(HeartbeatProtocol):
+    """
+    The receiving end when a key is set: every datagram is verified, none is remembered.
+
+    Signed datagrams differ in their timestamp each time, so there is nothing to remember, and
+    each one must have its signature checked anyway.
+    """
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._receive(data, addr)
 
 
 def bind_udp_socket(host: str, port: int) -> socket.socket:
@@ -323,9 +420,8 @@ class UdpHeartbeatServer:
         self.port: int | None = None
         self.stats = UdpStats()
         verifier = Verifier(key=key, max_skew=max_skew, registry=registry, wall=wall) if key else None
-        self.protocol = HeartbeatProtocol(
-            registry=registry, stats=self.stats, requests=requests, verifier=verifier, clock=clock
-        )
+        protocol = HeartbeatProtocol if verifier is None else SignedHeartbeatProtocol
+        self.protocol = protocol(registry=registry, stats=self.stats, requests=requests, verifier=verifier, clock=clock)
         self._transport: asyncio.DatagramTransport | None = None
 
     def __repr__(self) -> str:

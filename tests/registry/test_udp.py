@@ -134,6 +134,99 @@ async def test_an_hb1r_heartbeat_of_a_known_node_gets_no_answer(
     assert datagram_sender.replies() == []
 
 
+async def test_a_repeated_datagram_follows_its_node_out_of_the_registry_and_back_in(
+    udp_endpoint: Endpoint, registry: Registry, clock: FakeClock, datagram_sender: DatagramSender
+) -> None:
+    endpoint = await udp_endpoint()
+    assert endpoint.port is not None
+    node_id = register(registry, "orders", "10.0.0.5", ttl=10)
+    beat = f"HB1R {node_id}".encode()
+
+    for _ in range(3):
+        datagram_sender.send(beat, port=endpoint.port)
+    await processed(endpoint, 3)
+    registry.deregister(node_id)
+    datagram_sender.send(beat, port=endpoint.port)
+    await processed(endpoint, 4)
+    replies_while_gone = datagram_sender.replies()
+    register(registry, "orders", "10.0.0.5", ttl=10)
+    clock.advance(8)
+    datagram_sender.send(beat, port=endpoint.port)
+    await processed(endpoint, 5)
+    clock.advance(8)  # past the lease the registration gave, within the one the last datagram renewed
+    registry.expire_due()
+
+    assert (endpoint.stats.renewed, endpoint.stats.unknown) == (4, 1)
+    assert replies_while_gone == [f"NR1 {node_id}".encode()]
+    assert registry.get_instance(node_id) is not None
+
+
+async def test_a_short_node_id_that_comes_to_name_two_nodes_is_refused_from_then_on(
+    udp_endpoint: Endpoint, registry: Registry, datagram_sender: DatagramSender
+) -> None:
+    endpoint = await udp_endpoint()
+    assert endpoint.port is not None
+    register(registry, "orders", "10.0.0.5")
+
+    datagram_sender.send(b"HB1 10.0.0.5:80", port=endpoint.port)
+    await processed(endpoint, 1)
+    register(registry, "payments", "10.0.0.5")
+    datagram_sender.send(b"HB1 10.0.0.5:80", port=endpoint.port)
+    await processed(endpoint, 2)
+
+    assert (endpoint.stats.renewed, endpoint.stats.malformed) == (1, 1)
+
+
+async def test_every_udp_renewal_reaches_heartbeat_listeners_and_events(
+    udp_endpoint: Endpoint, registry: Registry, clock: FakeClock, datagram_sender: DatagramSender
+) -> None:
+    registry.heartbeat_events = True
+    registry.heartbeat_event_interval = 5.0
+    heard: list[str] = []
+    registry.heartbeat_listeners.append(lambda instance: heard.append(instance.node_id))
+    endpoint = await udp_endpoint()
+    assert endpoint.port is not None
+    node_id = register(registry, "orders", "10.0.0.5")
+
+    for index in range(4):
+        datagram_sender.send(f"HB1 {node_id}".encode(), port=endpoint.port)
+        await processed(endpoint, index + 1)
+        clock.advance(3)
+    announced = [event for event in registry.events.history() if event.event == "service_heartbeat"]
+
+    assert heard == [node_id] * 4
+    assert [event.data for event in announced] == [{"serviceName": "orders", "nodeId": node_id}] * 2
+    assert endpoint.stats.as_dict()["received"] == 4
+
+
+async def test_a_renewal_that_raises_is_counted_as_failed_logged_once_and_the_endpoint_goes_on(
+    udp_endpoint: Endpoint,
+    registry: Registry,
+    datagram_sender: DatagramSender,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken_listener(instance: object) -> None:
+        raise RuntimeError("a listener with a bug")
+
+    endpoint = await udp_endpoint()
+    assert endpoint.port is not None
+    beat = f"HB1 {register(registry, 'orders', '10.0.0.5')}".encode()
+
+    datagram_sender.send(beat, port=endpoint.port)
+    await processed(endpoint, 1)
+    registry.heartbeat_listeners.append(broken_listener)
+    with caplog.at_level(logging.ERROR, logger="maxine_registry.udp"):
+        for count in (2, 3):
+            datagram_sender.send(beat, port=endpoint.port)
+            await processed(endpoint, count)
+    registry.heartbeat_listeners.remove(broken_listener)
+    datagram_sender.send(beat, port=endpoint.port)
+    await processed(endpoint, 4)
+
+    assert (endpoint.stats.renewed, endpoint.stats.failed) == (2, 2)
+    assert len(caplog.records) == 1 and "a listener with a bug" in caplog.text
+
+
 async def test_answers_are_capped_per_second(
     udp_endpoint: Endpoint, clock: FakeClock, datagram_sender: DatagramSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,6 +263,21 @@ async def test_with_a_key_a_signed_heartbeat_renews_the_lease(
 
     assert endpoint.stats.renewed == 2
     assert registry.get_instance(node_id) is not None
+
+
+async def test_a_key_longer_than_a_hash_block_signs_as_hmac_defines(
+    udp_endpoint: Endpoint, registry: Registry, clock: FakeClock, datagram_sender: DatagramSender
+) -> None:
+    long_key = b"a-key-of-a-hundred-bytes-" * 4
+    endpoint = await udp_endpoint(key=long_key)
+    assert endpoint.port is not None
+    node_id = register(registry, "orders", "10.0.0.5")
+
+    datagram_sender.send(signed(node_id, now_ms(clock), key=long_key), port=endpoint.port)
+    datagram_sender.send(signed(node_id, now_ms(clock) + 1, key=long_key[:64]), port=endpoint.port)
+    await processed(endpoint, 2)
+
+    assert (endpoint.stats.renewed, endpoint.stats.unauthenticated) == (1, 1)
 
 
 async def test_with_a_key_unsigned_tampered_stale_and_replayed_heartbeats_are_ignored(
