@@ -72,9 +72,10 @@ class EventBus:
         self.counts: Counter[str] = Counter()
 
     def publish(self, event: str, data: dict[str, Any]) -> Event:
-        self._seq += 1
-        published = Event(self._seq, event, data, int(self._wall() * 1000))
-        self._history.append((published.seq, event, data, published.timestamp))
+        seq = self._seq = self._seq + 1
+        timestamp = int(self._wall() * 1000)
+        published = Event(seq, event, data, timestamp)
+        self._history.append((seq, event, data, timestamp))
         self.counts[event] += 1
         for subscriber in self._subscribers:
             try:

@@ -47,8 +47,8 @@ _IPV4_CHARACTERS = frozenset("0123456789.")
 
 # Valid service names seen so far, each mapped to its interned copy: fleets reuse a few names, and
 # one lookup replaces the length, pattern and intern checks. Past the limit the table starts over,
-# so clients inventing names cannot grow it without bound.
-MAX_KNOWN_SERVICE_NAMES = 65_536
+# so clients inventing names (a discover of an unknown name checks it too) hold at most a few MiB.
+MAX_KNOWN_SERVICE_NAMES = 8192
 _known_service_names: dict[str, str] = {}
 
 

@@ -49,6 +49,8 @@ MAX_SHARED_METADATA = 4096
 MAX_SHARED_METADATA_BYTES = 512
 # Distinct lease lengths remembered for sharing; past this, new ones are simply not shared.
 MAX_SHARED_TTLS = 256
+# Distinct ports remembered for sharing (an int object above 256 is 32 bytes); past this the table starts over.
+MAX_SHARED_PORTS = 4096
 
 
 @dataclass(slots=True)
@@ -85,7 +87,6 @@ class Registration:
 
 _shared_metadata: dict[bytes, ParsedMetadata] = {}
 _shared_ttls: dict[float, float] = {}
-# At most one entry per valid port, so this needs no limit.
 _shared_ports: dict[int, int] = {}
 
 
@@ -174,7 +175,14 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
     service_name = validate_service_name(body.get("serviceName"))
     host = normalize_host(body.get("host"))
     port = validate_port(body.get("port"))
-    port = _shared_ports.setdefault(port, port)
+    # Instances on one port (8080 across a fleet) share one int object instead of holding a copy each.
+    shared_port = _shared_ports.get(port)
+    if shared_port is not None:
+        port = shared_port
+    else:
+        if len(_shared_ports) >= MAX_SHARED_PORTS:
+            _shared_ports.clear()
+        _shared_ports[port] = port
     ttl = parse_ttl(body.get("ttl"))
 
     metadata: Any = body.get("metadata")
