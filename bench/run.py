@@ -93,6 +93,8 @@ POPULATE_TIMEOUT = 600.0
 REGISTER_SERVICES = 100
 REGISTER_PREFIX = "bench-reg-"
 REGISTER_TTL = 3600
+# Room for every registration of a full run (about 50k a second for 3 rounds of 10 s and a warm-up).
+REGISTER_MAX_INSTANCES = 10_000_000
 # The second octet of the first host register.lua invents; see ``register_octet``.
 REGISTER_FIRST_OCTET = 100
 
@@ -145,7 +147,7 @@ def scenarios(layout: ServiceLayout) -> list[Scenario]:
         Scenario("bare aiohttp handler", "bare-aiohttp", "/", "ceiling.lua"),
         Scenario("GET /discover", "maxine", "/discover", "discover.lua", tuple(layout.discover_args())),
         Scenario("POST /heartbeat", "maxine", "/heartbeat", "heartbeat.lua", tuple(layout.heartbeat_args())),
-        Scenario("POST /register (new instance)", "maxine", "/register", "register.lua", register_args, True),
+        Scenario("POST /register (new instance)", "maxine-register", "/register", "register.lua", register_args, True),
     ]
 
 
@@ -192,6 +194,11 @@ def run_throughput(group: ProcessGroup, *, config: SuiteConfig) -> list[Scenario
         "ceiling": group.start_script("ceiling", "ceiling.py"),
         "bare-aiohttp": group.start_script("bare-aiohttp", "bare_aiohttp.py"),
         "maxine": group.start_maxine("maxine-throughput", *config.maxine_args),
+        # Registrations get their own registry: every round adds hundreds of thousands of instances,
+        # past the default limit of a million over a full run, and discover must not see them.
+        "maxine-register": group.start_maxine(
+            "maxine-register", "--max-instances", str(REGISTER_MAX_INSTANCES), *config.maxine_args
+        ),
     }
     maxine_url = servers["maxine"].url
 
@@ -227,7 +234,8 @@ def run_throughput(group: ProcessGroup, *, config: SuiteConfig) -> list[Scenario
                     duration=config.warmup,
                 )
 
-            nodes_before = node_count(maxine_url)
+            server_url = servers[scenario.server].url
+            nodes_before = node_count(server_url) if scenario.server.startswith("maxine") else 0
             progress(
                 f"Round {round_index + 1}/{config.rounds}: measuring {scenario.name} for {config.wrk.duration:g}s."
             )
@@ -241,7 +249,7 @@ def run_throughput(group: ProcessGroup, *, config: SuiteConfig) -> list[Scenario
                     pinning=group.pinning,
                 )
             result.extra["foreign_cpu"] = round(foreign.fraction, 3)
-            nodes_after = node_count(maxine_url)
+            nodes_after = node_count(server_url) if scenario.server.startswith("maxine") else 0
             if scenario.fresh_hosts:
                 result.extra["new_instances"] = nodes_after - nodes_before
             elif nodes_after != nodes_before:
@@ -559,20 +567,28 @@ def targets(report: Report) -> list[Target]:
     """Every figure the speed targets name, measured in this run, against its target."""
     by_name = {scenario.name: scenario for scenario in report.throughput}
     ceiling = report.throughput[0].best.requests_per_s
+    ceiling_median = report.throughput[0].median_requests_per_s
     rows: list[Target] = []
     for name, share, label in (
         ("GET /discover", 0.7, "GET /discover (1000 services x 3)"),
         ("POST /heartbeat", 0.7, "POST /heartbeat"),
         ("POST /register (new instance)", 0.5, "POST /register (fresh instances)"),
     ):
-        best = by_name[name].best
+        result = by_name[name]
+        best = result.best
         ratio = best.requests_per_s / ceiling if ceiling else float("nan")
+        median_ratio = result.median_requests_per_s / ceiling_median if ceiling_median else float("nan")
+        # Judged on the medians: the ceiling outruns one wrk thread, so its best round says as much
+        # about wrk's luck as about the ceiling. Any error answer fails the row.
+        met = _at_least(median_ratio, share)
+        if best.non_2xx_3xx or best.socket_errors:
+            met = False
         rows.append(
             Target(
                 f"{label}: req/s",
-                f"{ratio:.2f} x ceiling ({best.requests_per_s:,.0f})",
+                f"{median_ratio:.2f} x ceiling, median ({ratio:.2f} best/best, {best.requests_per_s:,.0f}/s)",
                 f">= {share:.2f} x ceiling",
-                _at_least(ratio, share),
+                met,
             )
         )
         if share == 0.7:
@@ -638,11 +654,11 @@ def targets(report: Report) -> list[Target]:
 
 def render_targets(rows: list[Target], *, quick: bool) -> list[str]:
     lines = ["Targets" + (" (--quick: a smoke test; judge targets by a full run)" if quick else "")]
-    header = f"{'figure':<44} {'measured':<44} {'target':<24} {'met':<4}"
+    header = f"{'figure':<44} {'measured':<58} {'target':<24} {'met':<4}"
     lines += [header, "-" * len(header)]
     for row in rows:
         met = "-" if row.met is None else ("yes" if row.met else "NO")
-        lines.append(f"{row.figure:<44} {row.measured:<44} {row.target:<24} {met:<4}")
+        lines.append(f"{row.figure:<44} {row.measured:<58} {row.target:<24} {met:<4}")
     return lines
 
 
