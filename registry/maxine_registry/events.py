@@ -66,7 +66,8 @@ _Record = tuple[int, str, dict[str, Any], int]
 class EventBus:
     def __init__(self, *, history_size: int = DEFAULT_HISTORY_SIZE, wall: Callable[[], float] = time.time) -> None:
         self._history: deque[_Record] = deque(maxlen=history_size)
-        self._subscribers: list[Subscriber] = []
+        # Replaced, never changed in place: a subscriber may come or go while an event is delivered.
+        self._subscribers: tuple[Subscriber, ...] = ()
         self._wall = wall
         self._seq = 0
         self.counts: Counter[str] = Counter()
@@ -86,11 +87,13 @@ class EventBus:
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Add a sink; return the function that removes it again."""
-        self._subscribers.append(subscriber)
+        self._subscribers = (*self._subscribers, subscriber)
 
         def unsubscribe() -> None:
             if subscriber in self._subscribers:
-                self._subscribers.remove(subscriber)
+                remaining = list(self._subscribers)
+                remaining.remove(subscriber)
+                self._subscribers = tuple(remaining)
 
         return unsubscribe
 

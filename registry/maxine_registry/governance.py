@@ -369,12 +369,13 @@ class Governance:
             raise Forbidden(f"Service {service_name!r} is blacklisted.", code="service_blacklisted")
         if caller == ANY:
             caller = None
-        who = f"Caller {caller!r}" if caller is not None else "An anonymous caller"
 
         acl = self._acls.get(service_name)
         if acl is not None and not acl.permits(caller):
             logger.debug("ACL of %r refused caller=%s client_ip=%s.", service_name, caller, client_ip)
-            raise Forbidden(f"{who} may not discover {service_name!r}: its ACL refuses it.", code="access_denied")
+            raise Forbidden(
+                f"{_who(caller)} may not discover {service_name!r}: its ACL refuses it.", code="access_denied"
+            )
 
         # Skip the lookups when no intention exists and the default lets everyone in.
         if not self._intentions and self.intentions_default == ALLOW:
@@ -387,7 +388,7 @@ class Governance:
                 else "no intention allows it and the default is deny"
             )
             logger.debug("Intentions refused caller=%s service=%s client_ip=%s.", caller, service_name, client_ip)
-            raise Forbidden(f"{who} may not discover {service_name!r}: {because}.", code="access_denied")
+            raise Forbidden(f"{_who(caller)} may not discover {service_name!r}: {because}.", code="access_denied")
 
     def registration_guard(self, *, is_registered: Callable[[str], bool]) -> Callable[[Registration], None]:
         """
@@ -437,3 +438,8 @@ class Governance:
                 self.events.publish(event, {"change": "restored"})
 
         return apply
+
+
+def _who(caller: str | None) -> str:
+    """The caller as a refusal names it."""
+    return f"Caller {caller!r}" if caller is not None else "An anonymous caller"

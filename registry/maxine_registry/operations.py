@@ -73,9 +73,13 @@ def error_body(error: MaxineError) -> bytes:
     return orjson.dumps(error.as_dict())
 
 
+_WHITESPACE = b" \t\r\n"
+
+
 def decode_body(raw: bytes) -> object:
     """A request body as every transport decodes it: None when blank, ``invalid_json`` when not JSON."""
-    if not raw.strip():
+    # Only a body that starts with white space can be blank; strip() would copy every body.
+    if not raw or (raw[0] in _WHITESPACE and not raw.strip()):
         return None
     try:
         return orjson.loads(raw)
@@ -218,12 +222,16 @@ class Operations:
             guard(service_name, caller, client_ip)
 
     def register(self, body: object) -> Reply:
+        return Reply(200, self.register_body(body))
+
+    def register_body(self, body: object) -> bytes:
+        """The answer to a registration that was taken; ``register`` without the Reply, for hot transports."""
         registration = parse_registration(body, max_metadata_bytes=self.settings.max_metadata_bytes)
         for guard in self.registration_guards:
             guard(registration)
         result = self.registry.register(registration)
         instance = result.instance
-        return ok({"nodeId": instance.node_id, "address": instance.address, "ttl": instance.ttl})
+        return orjson.dumps({"nodeId": instance.node_id, "address": instance.address, "ttl": instance.ttl})
 
     def heartbeat(self, body: object, query: Mapping[str, str]) -> Reply:
         return Reply(200, self.heartbeat_body(body, query))

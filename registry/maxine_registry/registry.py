@@ -68,7 +68,7 @@ class CacheStats:
 
 
 class Service:
-    __slots__ = ("_cache_stats", "_candidate_sets", "instances", "name", "retired", "revision")
+    __slots__ = ("_cache_stats", "_candidate_sets", "_everyone", "instances", "name", "retired", "revision")
 
     def __init__(self, name: str, *, cache_stats: CacheStats, retired: frozenset[str] = frozenset()) -> None:
         self.name = name
@@ -77,6 +77,8 @@ class Service:
         self.revision = 0
         self.retired = retired
         self._candidate_sets: dict[CandidateKey, CandidateSet] = {}
+        # The set for no version and no tags, which nearly every discover asks for: one attribute away.
+        self._everyone: CandidateSet | None = None
 
     def __repr__(self) -> str:
         return f"Service(name={self.name!r}, instances={len(self.instances)}, revision={self.revision})"
@@ -88,6 +90,12 @@ class Service:
         They are healthy, not behind an open breaker, of a version not retired, and match the
         version and every tag asked for. Anything that changes one of these bumps the revision.
         """
+        unfiltered = version is None and not tags
+        if unfiltered:
+            candidate_set = self._everyone
+            if candidate_set is not None and candidate_set.revision == self.revision:
+                self._cache_stats.hits += 1
+                return candidate_set
         key = (version, tags)
         candidate_set = self._candidate_sets.get(key)
         if candidate_set is not None and candidate_set.revision == self.revision:
@@ -110,6 +118,8 @@ class Service:
             candidate_set = self._candidate_sets[key] = CandidateSet(matching, self.revision)
         else:
             candidate_set.rebuild(matching, revision=self.revision)
+        if unfiltered:
+            self._everyone = candidate_set
         return candidate_set
 
     def versions(self) -> list[str]:
@@ -540,12 +550,13 @@ class Registry:
         if service is None:
             raise NotFound(f"Service {service_name!r} has no registered instances.", code="service_not_found")
 
-        if version is not None and version in service.retired:
-            raise NoInstance(f"Version {version!r} of {service_name!r} is retired.", code="version_retired")
         if version is None:
-            policy = self._traffic.get(service_name)
+            # Most registries have no traffic policy at all: then there is nothing to look up.
+            policy = self._traffic.get(service_name) if self._traffic else None
             if policy is not None and policy.distribution:
                 version = self._split_version(service, policy, tags=tags)
+        elif version in service.retired:
+            raise NoInstance(f"Version {version!r} of {service_name!r} is retired.", code="version_retired")
 
         candidates = service.candidates(version=version, tags=tags)
         if not candidates.instances:
@@ -559,11 +570,12 @@ class Registry:
             runtime = instance.get_runtime()
             runtime.inflight.append(self.clock() + self.inflight_timeout)
             self._busy.add(instance)
-        breaker = runtime.breaker if runtime is not None else None
-        # When the last half-open trial is out, keep the node back until its outcome arrives.
-        if breaker is not None and breaker.state == HALF_OPEN and breaker.take_trial(now=self.clock()):
-            self._tripped.add(instance)
-            self._touch(service)
+        if runtime is not None:
+            breaker = runtime.breaker
+            # When the last half-open trial is out, keep the node back until its outcome arrives.
+            if breaker is not None and breaker.state == HALF_OPEN and breaker.take_trial(now=self.clock()):
+                self._tripped.add(instance)
+                self._touch(service)
         return instance
 
     def _split_version(self, service: Service, policy: TrafficPolicy, *, tags: frozenset[str]) -> str | None:

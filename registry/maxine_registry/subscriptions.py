@@ -226,6 +226,9 @@ class Fanout(Generic[Payload]):
         self._consumers: set[Consumer[Payload]] = set()
         # What delivery iterates over: a consumer added or dropped during a delivery waits for the next event.
         self._delivering: tuple[Consumer[Payload], ...] = ()
+        # Started, it listens to the bus while it has consumers: a transport nobody watches costs
+        # every event nothing.
+        self._started = False
         self._unsubscribe: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -239,23 +242,33 @@ class Fanout(Generic[Payload]):
         return len(self._consumers) >= self.max_consumers
 
     def start(self) -> None:
-        if self._unsubscribe is None:
-            self._unsubscribe = self._events.subscribe(self._deliver)
+        self._started = True
+        self._listen()
 
     def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        self._started = False
+        self._listen()
 
     def add(self, consumer: Consumer[Payload]) -> None:
         if self.full:
             raise RuntimeError(f"{self!r} holds its limit of consumers; check .full before adding one.")
         self._consumers.add(consumer)
         self._delivering = tuple(self._consumers)
+        self._listen()
 
     def discard(self, consumer: Consumer[Payload]) -> None:
         self._consumers.discard(consumer)
         self._delivering = tuple(self._consumers)
+        self._listen()
+
+    def _listen(self) -> None:
+        """Be on the bus exactly while started with at least one consumer."""
+        wanted = self._started and bool(self._consumers)
+        if wanted and self._unsubscribe is None:
+            self._unsubscribe = self._events.subscribe(self._deliver)
+        elif not wanted and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
     def _deliver(self, event: Event) -> None:
         encoded: list[Payload] = []

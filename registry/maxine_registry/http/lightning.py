@@ -100,7 +100,7 @@ class Frame:
 
 
 def _register(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> tuple[int, bytes]:
-    return operations.register(decode_body(body))
+    return 200, operations.register_body(decode_body(body))
 
 
 def _heartbeat(operations: Operations, frame: Frame, body: bytes, peer: str | None) -> tuple[int, bytes]:
