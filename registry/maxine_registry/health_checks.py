@@ -356,7 +356,8 @@ class HealthChecker:
             return
         if event.event == ev.SERVICE_REGISTERED:
             instance = self.registry.get_instance(node_id)
-            if instance is not None:
+            # Most instances ask for no check and never had one: nothing to consider for them.
+            if instance is not None and (_MARKER in instance.metadata_json or node_id in self._targets):
                 self._consider(instance)
         elif event.event == ev.SERVICE_DEREGISTERED or (
             event.event == ev.SERVICE_UNHEALTHY and event.data.get("reason") == "lease_expired"
