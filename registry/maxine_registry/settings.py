@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from maxine_registry import __version__
+
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -440,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maxine",
         description="Maxine: a fast service registry and discovery server. Every flag has an environment variable.",
     )
+    parser.add_argument("--version", action="version", version=f"maxine {__version__}")
     for item in dataclasses.fields(Settings):
         kind = _field_type(item)
         help_text = f"{item.metadata['help']} [env {item.metadata['env']}]"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -395,6 +396,50 @@ async def test_malformed_requests_for_aiohttp_routes_also_get_json(front: Front,
     assert status == 400
     assert headers["content-type"].startswith("application/json")
     assert body["code"] == "bad_request"
+
+
+async def test_headers_too_large_for_aiohttp_get_431_without_an_echo(front: Front) -> None:
+    # Once a connection was handed to aiohttp, its header limits answer as the lean path does,
+    # and never quote the header back (it may be a token).
+    reader, writer = await front.connect()
+    writer.write(request("GET", "/servers"))
+    assert (await read_response(reader))[0] == 200
+
+    writer.write(request("GET", "/servers", headers={"Authorization": "Bearer SECRET" + "a" * 9000}))
+    status, _, body = await read_response(reader)
+    writer.close()
+
+    assert (status, body["code"]) == (431, "headers_too_large")
+    assert "SECRET" not in body["error"]
+
+
+async def test_a_client_hanging_up_mid_body_is_not_logged_as_a_failure(
+    front: Front, caplog: pytest.LogCaptureFixture
+) -> None:
+    _reader, writer = await front.connect()
+    writer.write(b'POST /config/set HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":')
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    await asyncio.sleep(0.2)
+
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_body_that_never_arrives_on_an_aiohttp_route_gets_408(
+    front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("maxine_registry.http.common.BODY_TIMEOUT", 0.3)
+    reader, writer = await front.connect()
+    writer.write(
+        b"POST /config/set HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+
+    status, headers, body = await read_response(reader)
+    writer.close()
+
+    assert (status, body["code"]) == (408, "request_timeout")
+    assert headers.get("connection") == "close"
 
 
 async def test_a_request_trickled_byte_by_byte_still_times_out(front_factory: Callable[..., Any]) -> None:

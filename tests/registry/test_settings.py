@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from maxine_registry import __version__
 from maxine_registry.settings import Settings, SettingsError, build_parser, load_settings
 
 
@@ -64,3 +65,11 @@ def test_the_readme_documents_every_setting() -> None:
     for item in dataclasses.fields(Settings):
         row = f"| `--{item.name.replace('_', '-')}` | `{item.metadata['env']}` |"
         assert row in readme, f"README lacks the configuration row for {item.name}"
+
+
+def test_version_flag_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"maxine {__version__}"

@@ -57,7 +57,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except MaxineError as error:
         stats.errors += 1
-        return error_response(error)
+        response = error_response(error)
+        if error.status == 408:
+            # The rest of the body may still come; the connection cannot be read as requests any more.
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -71,6 +75,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         response = error_response(http_error)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except ConnectionError:
+        # The client went away mid-request (a body cut short, a reset): nothing to answer, nothing
+        # wrong with the server. The answer goes nowhere; it only lets aiohttp close the connection quietly.
+        stats.errors += 1
+        logger.debug("The client of %s %s hung up before its request was complete.", request.method, request.path)
+        response = web.Response(status=400)
+        response.force_close()
         return response
     except Exception:
         stats.errors += 1

@@ -7,6 +7,7 @@ module without a cycle.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -19,6 +20,8 @@ JSON = "application/json"
 OPERATIONS_KEY = web.AppKey("operations", Operations)
 # The contract's second surface: the same operations under a prefix.
 SERVICEOPS_PREFIX = "/api/maxine/serviceops"
+# How long a request body may take to arrive once its head is in: the lean path's request timeout.
+BODY_TIMEOUT = 10.0
 
 HTTP_ERROR_CODES = {
     400: "bad_request",
@@ -43,7 +46,13 @@ async def read_json(request: web.Request) -> object:
     limit = request.app[OPERATIONS_KEY].settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The request body is {request.content_length} bytes; the limit is {limit} bytes.")
-    return decode_body(await request.read())
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+    except TimeoutError:
+        raise MaxineError(
+            f"The request body did not arrive within {BODY_TIMEOUT:g} s.", code="request_timeout", status=408
+        ) from None
+    return decode_body(raw)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

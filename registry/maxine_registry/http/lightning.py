@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl
 
 import httptools
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -53,6 +54,8 @@ KEEPALIVE_TIMEOUT = 75.0
 # Timeouts are enforced by one sweep over the connections this often, not by a timer per request.
 REAP_INTERVAL = 0.25
 DEFAULT_MAX_CONNECTIONS = 10_000
+# A parser's complaint is quoted up to this many characters: it may hold what the client sent.
+MAX_ERROR_DETAIL = 200
 
 # A hot handler gets the parsed head, the body and the peer's address, and answers with a status
 # and a JSON body: a plain tuple, which costs a tenth of building a Reply (a Reply is one too).
@@ -187,15 +190,18 @@ class JsonErrorRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if status >= 500:
             return super().handle_error(request, status, exc, message)
-        logger.debug("Refused a malformed request from %s: %s", request.remote, exc)
+        logger.debug("Refused a malformed request from %s: %s", request.remote, str(exc)[:200])
         if request.writer.output_size > 0:
             raise ConnectionError("The answer has begun; no error can be sent any more.")
-        error = MaxineError(
-            f"The request is malformed: {exc or message or HTTPStatus(status).phrase}.",
-            code="bad_request",
-            status=status,
-        )
-        response = web.Response(status=status, body=error_body(error), content_type="application/json")
+        if isinstance(exc, LineTooLong):
+            # The same refusal as the lean path's, and without aiohttp's echo of the header (a token, say).
+            error = MaxineError("The request headers are too large.", code="headers_too_large", status=431)
+        else:
+            detail = str(exc or message or HTTPStatus(status).phrase)
+            error = MaxineError(
+                f"The request is malformed: {detail[:MAX_ERROR_DETAIL]}.", code="bad_request", status=status
+            )
+        response = web.Response(status=error.status, body=error_body(error), content_type="application/json")
         response.force_close()
         return response
 
