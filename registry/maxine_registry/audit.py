@@ -52,10 +52,6 @@ MAX_REQUEST_ID_LENGTH = 128
 # A client's request id is kept only if it is this tame; anything else is replaced by our own.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
-# Keys under which the HTTP layer keeps, on a request, its id and the detail of a security event.
-REQUEST_ID_KEY = "maxine.request_id"
-AUDIT_DETAIL_KEY = "maxine.audit.detail"
-
 CHANGE = "change"
 SECURITY = "security"
 

@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 
 CALLER_HEADER = "X-Maxine-Caller"
 CALLER_PARAMETER = "caller"
-# The key under which transports keep the verified identity on a request.
-IDENTITY_KEY = "maxine.identity"
-
 ADMIN = "admin"
 READ_ONLY = "read-only"
 

@@ -26,18 +26,19 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from maxine_registry.audit import (
-    AUDIT_DETAIL_KEY,
-    AUDIT_RECENT_SIZE,
-    CHANGE,
-    REQUEST_ID_HEADER,
-    REQUEST_ID_KEY,
-    SECURITY,
-    AuditLog,
-)
+from maxine_registry.audit import AUDIT_RECENT_SIZE, CHANGE, REQUEST_ID_HEADER, SECURITY, AuditLog
 from maxine_registry.errors import InvalidInput, NotFound
-from maxine_registry.http.common import JSON, OPERATIONS_KEY, SERVICEOPS_PREFIX, Handler, respond
-from maxine_registry.identity import IDENTITY_KEY, Identity
+from maxine_registry.http.common import (
+    AUDIT_DETAIL_KEY,
+    IDENTITY_KEY,
+    JSON,
+    OPERATIONS_KEY,
+    REQUEST_ID_KEY,
+    SERVICEOPS_PREFIX,
+    Handler,
+    respond,
+)
+from maxine_registry.identity import Identity
 from maxine_registry.operations import Operations, ok
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from maxine_registry.audit import AUDIT_DETAIL_KEY
 from maxine_registry.auth import (
     MAX_TOKEN_LIFETIME,
     MIN_TOKEN_LIFETIME,
@@ -40,8 +39,17 @@ from maxine_registry.auth import (
     SignInFailures,
 )
 from maxine_registry.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from maxine_registry.http.common import OPERATIONS_KEY, SERVICEOPS_PREFIX, Handler, error_response, read_json, respond
-from maxine_registry.identity import ADMIN, IDENTITY_KEY, READ_ONLY, Identity
+from maxine_registry.http.common import (
+    AUDIT_DETAIL_KEY,
+    IDENTITY_KEY,
+    OPERATIONS_KEY,
+    SERVICEOPS_PREFIX,
+    Handler,
+    error_response,
+    read_json,
+    respond,
+)
+from maxine_registry.identity import ADMIN, READ_ONLY, Identity
 from maxine_registry.operations import Operations, ok
 from maxine_registry.settings import SettingsError, parse_duration
 

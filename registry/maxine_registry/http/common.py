@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from maxine_registry.errors import MaxineError, PayloadTooLarge
-from maxine_registry.identity import IDENTITY_KEY, caller_name
+from maxine_registry.identity import Identity, caller_name
 from maxine_registry.operations import Operations, Reply, decode_body, error_body
 
 JSON = "application/json"
 OPERATIONS_KEY = web.AppKey("operations", Operations)
+# What the HTTP layer keeps on a request: the verified identity (auth), the request's id and the
+# detail of a security event (audit).
+IDENTITY_KEY = web.RequestKey("identity", Identity)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+AUDIT_DETAIL_KEY = web.RequestKey("audit_detail", dict[str, Any])
 # The contract's second surface: the same operations under a prefix.
 SERVICEOPS_PREFIX = "/api/maxine/serviceops"
 # How long a request body may take to arrive once its head is in: the lean path's request timeout.

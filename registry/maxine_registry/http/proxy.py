@@ -48,8 +48,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from maxine_registry.errors import BadGateway, GatewayTimeout, InvalidInput, MaxineError, PayloadTooLarge, Unavailable
-from maxine_registry.http.common import SERVICEOPS_PREFIX
-from maxine_registry.identity import IDENTITY_KEY, caller_name
+from maxine_registry.http.common import IDENTITY_KEY, SERVICEOPS_PREFIX
+from maxine_registry.identity import caller_name
 from maxine_registry.model import Instance, validate_service_name
 from maxine_registry.operations import Operations
 from maxine_registry.registry import parse_tag_filter
