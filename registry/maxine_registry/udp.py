@@ -318,6 +318,8 @@ class HeartbeatProtocol(asyncio.DatagramProtocol):
             return
         except MaxineError:
             # Invalid input, or the one other refusal a heartbeat meets: a short id that names several nodes.
+            # TODO: LATER: count an ambiguous short id apart from malformed datagrams, and answer it
+            # when asked (a counter and a reply code of its own, documented with the format).
             self._drop("malformed")
             return
         except Exception:
