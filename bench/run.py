@@ -25,7 +25,6 @@ Run it by hand (never from tests) as ``python bench/run.py``; see ``bench/README
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import math
@@ -51,7 +50,6 @@ from events_push import render as push_render
 from expiry import QUICK_EXPIRING, QUICK_WINDOW, ExpiryPlan, ExpiryResult, run_expiry
 from expiry import render as expiry_render
 from harness import (
-    BENCH_DIR,
     DEFAULT_LOAD_CPU,
     DEFAULT_SERVER_CPU,
     ForeignLoad,
@@ -62,7 +60,6 @@ from harness import (
     WrkSettings,
     busy_fraction,
     choose_pinning,
-    free_port,
     get_all,
     loopback_host,
     node_count,
@@ -71,7 +68,6 @@ from harness import (
     rss_bytes,
     run_wrk,
     source_revision,
-    wait_until_ready,
 )
 
 logger = logging.getLogger(__name__)
@@ -397,41 +393,10 @@ class UdpFigures:
 
 def run_udp(group: ProcessGroup, *, config: SuiteConfig) -> UdpFigures:
     """udp.py's two runs (capacity against a bare receiver, then paced below it), on fresh servers."""
-    layout = ServiceLayout()
-    payloads = udp.datagrams(udp.node_ids(layout))
-    bare_port = free_port()
-    bare = group.start(
-        "bare-udp",
-        [sys.executable, str(BENCH_DIR / "udp.py"), "--serve-bare", "--port", str(bare_port)],
-        port=bare_port,
-    )
-    wait_until_ready(bare, path="/")
-    # The UDP endpoint listens on the HTTP port's number (UDP_PORT's default).
-    maxine = group.start_maxine("maxine-udp")
-    progress(f"UDP: registering {len(payloads):,} instances; datagrams will name them in turn.")
-    populate(
-        base_url=maxine.url,
-        registrations=layout.registrations(),
-        concurrency=POPULATE_CONCURRENCY,
-        time_limit=POPULATE_TIMEOUT,
-    )
-    receivers = [
-        udp.Receiver(name="bare asyncio receiver (uvloop)", server=bare, maxine=False),
-        udp.Receiver(name="Maxine (HB1 <nodeId>)", server=maxine, maxine=True),
-    ]
-    capacity = [udp.Capacity(receiver=receiver.name) for receiver in receivers]
-    for round_index in range(config.udp_rounds):
-        for receiver, result in zip(receivers, capacity, strict=True):
-            progress(f"UDP round {round_index + 1}/{config.udp_rounds}: {receiver.name}, as fast as the sender goes.")
-            run = asyncio.run(udp.measure(receiver, payloads, duration=config.udp_duration, rate=None))
-            result.rounds.append(run)
-            progress(f"  sent {run.sent_per_s:,.0f}/s, processed {run.processed_per_s:,.0f}/s.")
     fraction = udp.DEFAULT_PACED_FRACTION
-    rate = udp.paced_rate(capacity, fraction=fraction)
-    progress(f"UDP paced run: {rate:,.0f} datagrams/s to Maxine for {config.udp_duration:g} s.")
-    paced_run = asyncio.run(udp.measure(receivers[1], payloads, duration=config.udp_duration, rate=rate))
-    group.stop(maxine)
-    group.stop(bare)
+    capacity, paced_run, _ = udp.run_both(
+        group, rounds=config.udp_rounds, duration=config.udp_duration, fraction=fraction
+    )
     return UdpFigures(capacity=capacity, paced=paced_run, paced_fraction=fraction)
 
 

@@ -430,6 +430,52 @@ def node_ids(layout: ServiceLayout) -> list[str]:
     return [f"{item['serviceName']}:{item['host']}:{item['port']}" for item in layout.registrations()]
 
 
+def run_both(group: ProcessGroup, *, rounds: int, duration: float, fraction: float) -> tuple[list[Capacity], Run, int]:
+    """
+    Both runs on fresh servers: capacity rounds against the bare receiver and Maxine, then the paced run.
+
+    Returns each receiver's capacity (the bare one first), the paced run, and how many instances
+    the datagrams name. ``run.py`` calls this too, so the suite and this script measure alike.
+    """
+    layout = ServiceLayout()
+    payloads = datagrams(node_ids(layout))
+    bare_port = free_port()
+    bare_server = group.start(
+        "bare-udp", [sys.executable, __file__, "--serve-bare", "--port", str(bare_port)], port=bare_port
+    )
+    wait_until_ready(bare_server, path="/")
+    # The UDP endpoint listens on the HTTP port's number (UDP_PORT's default).
+    maxine_server = group.start_maxine("maxine-udp")
+    progress(f"Registering {layout.services} services x {layout.per_service} instances in Maxine.")
+    populate(
+        base_url=maxine_server.url,
+        registrations=layout.registrations(),
+        concurrency=POPULATE_CONCURRENCY,
+        time_limit=POPULATE_TIMEOUT,
+    )
+    if node_count(maxine_server.url) != len(payloads):
+        raise RuntimeError("Maxine does not hold every instance registered for the run.")
+
+    receivers = [
+        Receiver(name="bare asyncio receiver (uvloop)", server=bare_server, maxine=False),
+        Receiver(name="Maxine (HB1 <nodeId>)", server=maxine_server, maxine=True),
+    ]
+    capacity = [Capacity(receiver=receiver.name) for receiver in receivers]
+    for round_index in range(rounds):
+        for receiver, result in zip(receivers, capacity, strict=True):
+            progress(f"UDP round {round_index + 1}/{rounds}: {receiver.name}, as fast as the sender goes.")
+            run = asyncio.run(measure(receiver, payloads, duration=duration, rate=None))
+            result.rounds.append(run)
+            progress(f"  sent {run.sent_per_s:,.0f}/s, processed {run.processed_per_s:,.0f}/s.")
+
+    rate = paced_rate(capacity, fraction=fraction)
+    progress(f"UDP paced run: {rate:,.0f} datagrams/s to Maxine for {duration:g} s.")
+    paced_run = asyncio.run(measure(receivers[1], payloads, duration=duration, rate=rate))
+    group.stop(maxine_server)
+    group.stop(bare_server)
+    return capacity, paced_run, len(payloads)
+
+
 def render(meta: dict[str, Any], capacity: list[Capacity], paced_run: Run, fraction: float) -> str:
     bare = capacity[0]
     lines = [
@@ -525,43 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     pinning.pin_this_process()
     progress(f"Pinning: {pinning.how}.")
     busy = busy_fraction(interval=1.0)
-    layout = ServiceLayout()
-    payloads = datagrams(node_ids(layout))
 
     try:
         with ProcessGroup(pinning=pinning) as group:
-            bare_port = free_port()
-            bare_server = group.start(
-                "bare-udp", [sys.executable, __file__, "--serve-bare", "--port", str(bare_port)], port=bare_port
-            )
-            wait_until_ready(bare_server, path="/")
-            # The UDP endpoint listens on the HTTP port's number (UDP_PORT's default).
-            maxine_server = group.start_maxine("maxine-udp")
-            progress(f"Registering {layout.services} services x {layout.per_service} instances in Maxine.")
-            populate(
-                base_url=maxine_server.url,
-                registrations=layout.registrations(),
-                concurrency=POPULATE_CONCURRENCY,
-                time_limit=POPULATE_TIMEOUT,
-            )
-            if node_count(maxine_server.url) != len(payloads):
-                raise RuntimeError("Maxine does not hold every instance registered for the run.")
-
-            receivers = [
-                Receiver(name="bare asyncio receiver (uvloop)", server=bare_server, maxine=False),
-                Receiver(name="Maxine (HB1 <nodeId>)", server=maxine_server, maxine=True),
-            ]
-            capacity = [Capacity(receiver=receiver.name) for receiver in receivers]
-            for round_index in range(rounds):
-                for receiver, result in zip(receivers, capacity, strict=True):
-                    progress(f"Round {round_index + 1}/{rounds}: {receiver.name}, as fast as the sender goes.")
-                    run = asyncio.run(measure(receiver, payloads, duration=duration, rate=None))
-                    result.rounds.append(run)
-                    progress(f"  sent {run.sent_per_s:,.0f}/s, processed {run.processed_per_s:,.0f}/s.")
-
-            rate = paced_rate(capacity, fraction=args.paced)
-            progress(f"Paced run: {rate:,.0f} datagrams/s to Maxine for {duration:g} s.")
-            paced_run = asyncio.run(measure(receivers[1], payloads, duration=duration, rate=rate))
+            capacity, paced_run, instances = run_both(group, rounds=rounds, duration=duration, fraction=args.paced)
     except KeyboardInterrupt:
         progress("Interrupted; every server started has been stopped.")
         return 130
@@ -575,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "busy_before_start": busy,
         "rounds": rounds,
         "duration_s": duration,
-        "instances": len(payloads),
+        "instances": instances,
         "command": " ".join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
     }
     print(render(meta, capacity, paced_run, args.paced))

@@ -290,17 +290,7 @@ class Registry:
         instance = self._nodes.get(node_ref) if isinstance(node_ref, str) else None
         if instance is None:
             instance = self.resolve(node_ref)
-        now = self.clock()
-        instance.expires_at = now + instance.ttl
-        if self.heartbeat_events:
-            last = self._heartbeat_announced.get(instance.node_id)
-            if last is None or now - last >= self.heartbeat_event_interval:
-                self._heartbeat_announced[instance.node_id] = now
-                self.events.publish(
-                    ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id}
-                )
-        for listener in self.heartbeat_listeners:
-            listener(instance)
+        self._renew(instance)
         return instance
 
     def deregister(self, node_ref: object) -> Instance:
@@ -758,8 +748,12 @@ class Registry:
         renewal does after the lookup is the same as there: the lease, the heartbeat event, the listeners.
         """
         instance = self._nodes.get(node_id)
-        if instance is None:
-            return None
+        if instance is not None:
+            self._renew(instance)
+        return instance
+
+    def _renew(self, instance: Instance) -> None:
+        """A heartbeat after the lookup: the lease, the heartbeat event now and then, the listeners."""
         # Read as an attribute, then called: CPython cannot specialise ``self.clock()`` on an instance attribute.
         clock = self.clock
         now = clock()
@@ -775,7 +769,6 @@ class Registry:
         if listeners:  # most registries have none, and looping over an empty list still builds an iterator
             for listener in listeners:
                 listener(instance)
-        return instance
 
 
 def parse_tag_filter(value: str | None) -> frozenset[str]:

@@ -49,6 +49,7 @@ from maxine_registry.operations import DiscoveryPlan, Operations, decode_body, e
 logger = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 16 * 1024
+HEADERS_TOO_LARGE = "The request headers are too large."
 REQUEST_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 75.0
 # Timeouts are enforced by one sweep over the connections this often, not by a timer per request.
@@ -155,8 +156,9 @@ def _head(status: int, length: int, *, keep_alive: bool) -> bytes:
     return head + b"\r\n\r\n"
 
 
-def render(status: int, body: bytes, *, keep_alive: bool) -> bytes:
-    return _head(status, len(body), keep_alive=keep_alive) + body
+def render_closing(status: int, body: bytes) -> bytes:
+    """An answer after which the connection closes."""
+    return _head(status, len(body), keep_alive=False) + body
 
 
 # Response heads of keep-alive answers by status and body length: answers repeat their sizes.
@@ -165,7 +167,7 @@ MAX_CACHED_HEADS = 4096
 
 
 def render_kept(status: int, body: bytes) -> bytes:
-    """``render`` for a connection that stays open, with the head built once per status and size."""
+    """An answer on a connection that stays open, with the head built once per status and size."""
     key = (status, len(body))
     head = _HEADS.get(key)
     if head is None:
@@ -195,7 +197,7 @@ class JsonErrorRequestHandler(RequestHandler):
             raise ConnectionError("The answer has begun; no error can be sent any more.")
         if isinstance(exc, LineTooLong):
             # The same refusal as the lean path's, and without aiohttp's echo of the header (a token, say).
-            error = MaxineError("The request headers are too large.", code="headers_too_large", status=431)
+            error = MaxineError(HEADERS_TOO_LARGE, code="headers_too_large", status=431)
         else:
             detail = str(exc or message or HTTPStatus(status).phrase)
             error = MaxineError(
@@ -317,7 +319,7 @@ class LightningProtocol(asyncio.Protocol):
             error = MaxineError(
                 "The registry has too many open connections; try again.", code="too_many_connections", status=503
             )
-            self.transport.write(render(503, error_body(error), keep_alive=False))
+            self.transport.write(render_closing(503, error_body(error)))
             self.transport.close()
             return
         if not server.serve_hot_routes:
@@ -351,7 +353,7 @@ class LightningProtocol(asyncio.Protocol):
                     return
             elif buffer.find(b"\r\n\r\n", scan_from) < 0:
                 if len(buffer) > MAX_HEADER_BYTES:
-                    self._refuse(431, "The request headers are too large.", code="headers_too_large")
+                    self._refuse(431, HEADERS_TOO_LARGE, code="headers_too_large")
                 return
             data = bytes(buffer)
             buffer.clear()
@@ -383,13 +385,13 @@ class LightningProtocol(asyncio.Protocol):
             head_end = data.find(b"\r\n\r\n", offset)
             if head_end < 0:
                 if size - offset > MAX_HEADER_BYTES:
-                    self._refuse(431, "The request headers are too large.", code="headers_too_large")
+                    self._refuse(431, HEADERS_TOO_LARGE, code="headers_too_large")
                     return
                 self._keep(data, offset, need=0)
                 return
             head_end += 4
             if head_end - offset > MAX_HEADER_BYTES:
-                self._refuse(431, "The request headers are too large.", code="headers_too_large")
+                self._refuse(431, HEADERS_TOO_LARGE, code="headers_too_large")
                 return
 
             # A head seen before is not parsed again: the same bytes say the same things.
@@ -485,7 +487,7 @@ class LightningProtocol(asyncio.Protocol):
         if frame.keep_alive and not self.server.closing:
             self.transport.write(render_kept(status, payload))
             return True
-        self.transport.write(render(status, payload, keep_alive=False))
+        self.transport.write(render_closing(status, payload))
         return False
 
     def _keep(self, data: bytes, offset: int, *, need: int) -> None:
@@ -514,7 +516,7 @@ class LightningProtocol(asyncio.Protocol):
         self.operations.stats.requests += 1
         self.operations.stats.errors += 1
         if self.transport is not None:
-            self.transport.write(render(status, error_body(error), keep_alive=False))
+            self.transport.write(render_closing(status, error_body(error)))
         self._buffer.clear()
         self._close_after_write()
 
