@@ -19,10 +19,12 @@ exist at any time, whatever the number of instances, and nothing scans every ins
 probe of a new target is placed at a random point of its interval, so instances registered together do
 not probe in lockstep.
 
-Targets are learned from the event bus (``service_registered``) and from a periodic rescan of the registry,
-which also catches re-registrations that add, change or remove ``healthCheck`` (those publish no event).
-Targets of removed instances are dropped when their removal event arrives, and in any case when they come
-due and the registry no longer holds that very instance.
+Targets are learned from the registry itself: it tells its instance listeners of every instance that is
+new or whose metadata changed (a re-registration may add, change or remove ``healthCheck``), and its
+removal listeners of every instance that is gone. One scan when the checker starts picks up what was
+registered before. A listener only looks for the ``healthCheck`` bytes in the metadata, so the instances
+that ask for no check, nearly all of them, cost a registration almost nothing. A target whose instance
+was replaced is also dropped when it comes due and the registry no longer holds that very instance.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ import itertools
 import logging
 import math
 import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -43,7 +43,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from maxine_registry import events as ev
 from maxine_registry.errors import InvalidInput
 from maxine_registry.model import Instance, format_address, normalize_host
 
@@ -73,15 +72,11 @@ MAX_URL_LENGTH = 2048
 SPEC_KEYS: Final = frozenset({"type", "url", "interval", "timeout", "rise", "fall"})
 
 DEFAULT_CONCURRENCY = 64
-# How often the registry is walked for instances that gained, changed or lost a healthCheck.
-DEFAULT_RESCAN_INTERVAL = 5.0
-# The rescan gives the loop back after this many instances, so a large registry never stalls it.
-RESCAN_BATCH = 1000
-# Rescans take at most about one part in this many of the process's CPU time.
-RESCAN_DUTY = 50
+# The scan at start gives the loop back after this many instances, so a large registry never stalls it.
+SCAN_BATCH = 1000
 USER_AGENT = "Maxine-Health-Check/1"
-# Metadata without this byte string has no health check; looking for it spares parsing most metadata.
-_MARKER = b'"healthCheck"'
+# The metadata key that asks for checks.
+HEALTH_CHECK_KEY = "healthCheck"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,16 +169,16 @@ class HealthCheckSpec:
 
 def spec_of(instance: Instance) -> HealthCheckSpec | None:
     """The instance's health check, or None when it asks for none (or its metadata holds an invalid one)."""
-    if _MARKER not in instance.metadata_json:
+    if HEALTH_CHECK_KEY not in instance.parsed.keys:
         return None
-    value = instance.metadata.get("healthCheck")
+    value = instance.metadata.get(HEALTH_CHECK_KEY)
     if value is None:
         return None
     try:
         return HealthCheckSpec.parse(value, host=instance.host, port=instance.port)
     except InvalidInput as exc:
-        # Registration refuses invalid specs, so only metadata that skipped it gets here; the rescan
-        # would repeat a warning every few seconds, hence debug.
+        # Registration refuses invalid specs, so only metadata that skipped it gets here (a snapshot
+        # written by an older version, say); one line per instance would drown the log, hence debug.
         logger.debug("Instance %s has an invalid health check; it is not checked: %s", instance.node_id, exc)
         return None
 
@@ -278,7 +273,7 @@ class HealthChecker:
     Probes every instance that declares ``metadata.healthCheck`` and reports crossings to the registry.
 
     Lifecycle: ``start()`` inside a running loop, ``await stop()`` to end the scheduler, cancel probes
-    in flight and close the HTTP session. ``rescan_interval`` and ``rng`` are parameters for tests.
+    in flight and close the HTTP session. ``rng`` is a parameter for tests.
     """
 
     def __init__(
@@ -286,14 +281,12 @@ class HealthChecker:
         *,
         registry: Registry,
         concurrency: int = DEFAULT_CONCURRENCY,
-        rescan_interval: float = DEFAULT_RESCAN_INTERVAL,
         rng: random.Random | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
         self.registry = registry
         self.concurrency = concurrency
-        self.rescan_interval = rescan_interval
         self._rng = rng if rng is not None else random.Random()
         self._targets: dict[str, _Target] = {}
         self._heap: list[tuple[float, int, _Target]] = []
@@ -303,7 +296,6 @@ class HealthChecker:
         self._probes: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unsubscribe: Callable[[], None] | None = None
         self.probes_run = 0
 
     def __repr__(self) -> str:
@@ -327,15 +319,17 @@ class HealthChecker:
         # Fresh primitives per start: they bind to the loop that first uses them.
         self._semaphore = asyncio.Semaphore(self.concurrency)
         self._wakeup = asyncio.Event()
-        self._unsubscribe = self.registry.events.subscribe(self._on_event)
+        self.registry.instance_listeners.append(self._on_instance)
+        self.registry.removal_listeners.append(self._on_removal)
         self._task = self._loop.create_task(self._run(), name="maxine-health-checker")
         self._task.add_done_callback(self._report_crash)
         logger.info("Health checks are on, with up to %d probes at a time.", self.concurrency)
 
     async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        with contextlib.suppress(ValueError):
+            self.registry.instance_listeners.remove(self._on_instance)
+        with contextlib.suppress(ValueError):
+            self.registry.removal_listeners.remove(self._on_removal)
         if self._task is not None:
             self._task.cancel()
             # A crash was already logged by ``_report_crash``; stopping must still finish.
@@ -352,30 +346,15 @@ class HealthChecker:
 
     # Learning of instances.
 
-    def _on_event(self, event: ev.Event) -> None:
+    def _on_instance(self, instance: Instance) -> None:
         # Called synchronously inside registry writes: only bookkeeping here, no waiting.
-        node_id = event.data.get("nodeId")
-        if not isinstance(node_id, str):
-            return
-        if event.event == ev.SERVICE_REGISTERED:
-            instance = self.registry.get_instance(node_id)
-            if instance is not None and self._may_change(instance):
-                self._consider(instance)
-        elif event.event == ev.SERVICE_DEREGISTERED or (
-            event.event == ev.SERVICE_UNHEALTHY and event.data.get("reason") == "lease_expired"
-        ):
-            target = self._targets.get(node_id)
-            if target is not None and self.registry.get_instance(node_id) is not target.instance:
-                self._forget(target)
+        if HEALTH_CHECK_KEY in instance.parsed.keys or instance.node_id in self._targets:
+            self._consider(instance)
 
-    def _may_change(self, instance: Instance) -> bool:
-        """
-        Could ``_consider`` start, change or end checks of ``instance``? Only if it asks for one or had one.
-
-        Most instances ask for none: in a registry of a million with a few checked, this byte search
-        spares the rest every lookup.
-        """
-        return _MARKER in instance.metadata_json or instance.node_id in self._targets
+    def _on_removal(self, instance: Instance) -> None:
+        target = self._targets.get(instance.node_id)
+        if target is not None and target.instance is instance:
+            self._forget(target)
 
     def _consider(self, instance: Instance) -> None:
         """Start, update or end checks of ``instance`` according to its current metadata."""
@@ -407,14 +386,15 @@ class HealthChecker:
         if self._targets.get(target.node_id) is target:
             del self._targets[target.node_id]
 
-    async def _rescan(self) -> None:
+    async def _scan(self) -> None:
+        """Consider every instance registered before the checker started; the listeners see the rest."""
         seen = 0
         for service in self.registry.services():
             for instance in list(service.instances.values()):
-                if self._may_change(instance) and self.registry.get_instance(instance.node_id) is instance:
-                    self._consider(instance)
+                if self.registry.get_instance(instance.node_id) is instance:
+                    self._on_instance(instance)
                 seen += 1
-                if seen % RESCAN_BATCH == 0:
+                if seen % SCAN_BATCH == 0:
                     await asyncio.sleep(0)
 
     # Scheduling.
@@ -443,20 +423,8 @@ class HealthChecker:
         # instance closed while idle would otherwise count as a failure that is not the instance's.
         session = aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": USER_AGENT})
         try:
-            next_rescan = loop.time()
+            await self._scan()
             while True:
-                if loop.time() >= next_rescan:
-                    started = time.process_time()
-                    try:
-                        await self._rescan()
-                    except Exception:
-                        logger.exception("The health check rescan failed; it will try again.")
-                    # A huge registry makes each rescan long: space them so that they take at most
-                    # about 1/RESCAN_DUTY of the process's time (at a million instances, one every
-                    # 25 s or so instead of every 5 s).
-                    spent = time.process_time() - started
-                    next_rescan = loop.time() + max(self.rescan_interval, spent * RESCAN_DUTY)
-
                 try:
                     await self._launch_due(session)
                 except Exception:
@@ -464,10 +432,10 @@ class HealthChecker:
                     logger.exception("Starting health probes failed; the checker carries on.")
                 self._compact()
 
-                wake_at = min(next_rescan, self._heap[0][0]) if self._heap else next_rescan
-                delay = wake_at - loop.time()
-                if delay > 0:
-                    self._wakeup.clear()
+                # Sleep until the earliest probe is due, or for good until a new target comes first.
+                self._wakeup.clear()
+                delay = self._heap[0][0] - loop.time() if self._heap else None
+                if delay is None or delay > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._wakeup.wait()

@@ -51,6 +51,9 @@ MAX_SHARED_METADATA_BYTES = 512
 MAX_SHARED_TTLS = 256
 # Distinct ports remembered for sharing (an int object above 256 is 32 bytes); past this the table starts over.
 MAX_SHARED_PORTS = 4096
+# Distinct sets of metadata keys remembered for sharing. Metadata unique to each instance (a pod
+# name, say) still has the same keys across a fleet, and a set of them is 200 bytes or more.
+MAX_SHARED_KEY_SETS = 1024
 
 
 @dataclass(slots=True)
@@ -88,6 +91,7 @@ class Registration:
 _shared_metadata: dict[bytes, ParsedMetadata] = {}
 _shared_ttls: dict[float, float] = {}
 _shared_ports: dict[int, int] = {}
+_shared_key_sets: dict[frozenset[str], frozenset[str]] = {}
 
 
 def parse_version(value: object) -> str | None:
@@ -159,12 +163,23 @@ def parse_metadata(metadata: dict[str, Any], *, encoded: bytes) -> ParsedMetadat
         version=parse_version(metadata.get("version")),
         tags=parse_tags(metadata.get("tags")),
         weight=parse_weight(metadata.get("weight")),
+        keys=_share_keys(frozenset(metadata)),
     )
     if len(encoded) <= MAX_SHARED_METADATA_BYTES:
         if len(_shared_metadata) >= MAX_SHARED_METADATA:
             _shared_metadata.clear()
         _shared_metadata[parsed.metadata_json] = parsed
     return parsed
+
+
+def _share_keys(keys: frozenset[str]) -> frozenset[str]:
+    shared = _shared_key_sets.get(keys)
+    if shared is not None:
+        return shared
+    if len(_shared_key_sets) >= MAX_SHARED_KEY_SETS:
+        _shared_key_sets.clear()
+    _shared_key_sets[keys] = keys
+    return keys
 
 
 def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES) -> Registration:
@@ -174,12 +189,14 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
 
     service_name = validate_service_name(body.get("serviceName"))
     host = normalize_host(body.get("host"))
-    port = validate_port(body.get("port"))
-    # Instances on one port (8080 across a fleet) share one int object instead of holding a copy each.
-    shared_port = _shared_ports.get(port)
-    if shared_port is not None:
-        port = shared_port
-    else:
+
+    # A port seen before is valid (only valid ones are remembered), and instances on one port (8080
+    # across a fleet) share one int object instead of holding a copy each. ``type`` rather than
+    # ``isinstance``: a bool is an int in Python, and True would find port 1.
+    value = body.get("port")
+    port = _shared_ports.get(value) if type(value) is int else None
+    if port is None:
+        port = validate_port(value)
         if len(_shared_ports) >= MAX_SHARED_PORTS:
             _shared_ports.clear()
         _shared_ports[port] = port
@@ -203,4 +220,8 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
     if health_check is not None:
         HealthCheckSpec.parse(health_check, host=host, port=port)
 
-    return Registration(service_name, host, port, ttl, parse_metadata(metadata, encoded=encoded))
+    # ``parse_metadata``'s first step, here: identical metadata is the rule, and a call costs as much as the lookup.
+    parsed = _shared_metadata.get(encoded)
+    if parsed is None:
+        parsed = parse_metadata(metadata, encoded=encoded)
+    return Registration(service_name, host, port, ttl, parsed)

@@ -33,7 +33,7 @@ from maxine_registry.breakers import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, Cir
 from maxine_registry.errors import Conflict, InvalidInput, NoInstance, NotFound, NotRegistered, Unavailable
 from maxine_registry.events import EventBus
 from maxine_registry.leases import DEFAULT_RESOLUTION, LeaseWheel
-from maxine_registry.model import DEFAULT_VERSION, NO_TAGS, Instance, make_node_id, parse_node_ref
+from maxine_registry.model import DEFAULT_VERSION, NO_TAGS, Instance, make_node_id, node_table, parse_node_ref
 from maxine_registry.registration import Registration
 from maxine_registry.strategies import CandidateSet, PickContext, Strategy
 from maxine_registry.traffic import TrafficPolicy
@@ -73,7 +73,7 @@ class Service:
     def __init__(self, name: str, *, cache_stats: CacheStats, retired: frozenset[str] = frozenset()) -> None:
         self.name = name
         self._cache_stats = cache_stats
-        self.instances: dict[str, Instance] = {}
+        self.instances: dict[str, Instance] = node_table()
         self.revision = 0
         self.retired = retired
         self._candidate_sets: dict[CandidateKey, CandidateSet] = {}
@@ -108,9 +108,9 @@ class Service:
             instance
             for instance in self.instances.values()
             if instance.admitted
-            and (version is None or (instance.version or DEFAULT_VERSION) == version)
-            and tags <= instance.tags
-            and (not retired or (instance.version or DEFAULT_VERSION) not in retired)
+            and (version is None or (instance.parsed.version or DEFAULT_VERSION) == version)
+            and tags <= instance.parsed.tags
+            and (not retired or (instance.parsed.version or DEFAULT_VERSION) not in retired)
         )
         if candidate_set is None:
             if len(self._candidate_sets) >= MAX_CANDIDATE_SETS_PER_SERVICE:
@@ -124,18 +124,6 @@ class Service:
 
     def versions(self) -> list[str]:
         return sorted({instance.version or DEFAULT_VERSION for instance in self.instances.values()})
-
-
-@dataclass(slots=True)
-class RegisterResult:
-    """
-    What a registration did; only ever read.
-
-    Not frozen and built positionally, as either would slow every registration down (see ``Registration``).
-    """
-
-    instance: Instance
-    created: bool
 
 
 class Registry:
@@ -167,7 +155,7 @@ class Registry:
         self.wall = wall
         self.rng = rng if rng is not None else random.Random()
         self._services: dict[str, Service] = {}
-        self._nodes: dict[str, Instance] = {}
+        self._nodes: dict[str, Instance] = node_table()
         # None until a short node id first needs it (see ``_at_address``).
         self._by_address: AddressIndex | None = None
         self._leases = LeaseWheel(now=clock(), resolution=lease_resolution)
@@ -180,6 +168,12 @@ class Registry:
         # Persistence and federation learn of heartbeats here (a heartbeat publishes no event by default).
         # Listeners run inside the heartbeat, so they must only note the instance, never block.
         self.heartbeat_listeners: list[Callable[[Instance], None]] = []
+        # The health checker learns here of instances that are new or whose metadata changed (a
+        # re-registration publishes no event), and of instances that are gone. The instance itself
+        # is handed over: an event would cost each registration an Event object and a lookup of a
+        # node id in a table too large for the CPU cache. Same rules as heartbeat listeners.
+        self.instance_listeners: list[Callable[[Instance], None]] = []
+        self.removal_listeners: list[Callable[[Instance], None]] = []
         # False when leases are decided elsewhere: with replicas sharing Redis, one leader ends them for all
         # (through ``expire``), and a replica must not end a lease whose heartbeats went to another one.
         self.expires_leases = True
@@ -237,29 +231,30 @@ class Registry:
 
     # Writes.
 
-    def register(self, registration: Registration) -> RegisterResult:
+    def register(self, registration: Registration) -> Instance:
+        """Add the instance, or refresh it when its node id is registered already; return it."""
         now = self.clock()
         ttl = registration.ttl if registration.ttl is not None else self.default_ttl
         service_name = registration.service_name
-        node_id = make_node_id(service_name, registration.host, registration.port)
+        # ``make_node_id``, written out: this runs once per registration, and a call costs as much as the work.
+        node_id = f"{service_name}:{registration.host}:{registration.port}"
         metadata = registration.metadata
 
         existing = self._nodes.get(node_id)
         if existing is not None:
-            changed = existing.metadata_json != metadata.metadata_json or existing.ttl != ttl
+            changed = existing.parsed.metadata_json != metadata.metadata_json or existing.ttl != ttl
             shortened = now + ttl < existing.expires_at
             existing.expires_at = now + ttl
             if changed:
-                existing.metadata_json = metadata.metadata_json
-                existing.version = metadata.version
-                existing.tags = metadata.tags
-                existing.weight = metadata.weight
+                existing.parsed = metadata
                 existing.ttl = ttl
                 existing.invalidate()
                 self._touch(self._services[existing.service_name])
+                for listener in self.instance_listeners:
+                    listener(existing)
             if shortened:
                 self._leases.add(existing)
-            return RegisterResult(existing, False)
+            return existing
 
         if len(self._nodes) >= self.max_instances:
             raise Unavailable(
@@ -281,10 +276,14 @@ class Registry:
         if self._by_address is not None:
             self._index_address(instance, self._by_address)
         self._leases.add(instance)
-        self._touch(service)
+        service.revision = self._revision = self._revision + 1  # ``_touch``, written out
 
+        listeners = self.instance_listeners
+        if listeners:
+            for listener in listeners:
+                listener(instance)
         self.events.publish(ev.SERVICE_REGISTERED, {"serviceName": service_name, "nodeId": node_id})
-        return RegisterResult(instance, True)
+        return instance
 
     def heartbeat(self, node_ref: object) -> Instance:
         instance = self._nodes.get(node_ref) if isinstance(node_ref, str) else None
@@ -668,6 +667,8 @@ class Registry:
         self._touch(service)
         if not service.instances:
             del self._services[service.name]
+        for listener in self.removal_listeners:
+            listener(instance)
 
     @staticmethod
     def _index_address(instance: Instance, by_address: AddressIndex) -> None:

@@ -90,7 +90,7 @@ def pick_random(candidates: CandidateSet, context: PickContext) -> Instance:
 def pick_weighted_random(candidates: CandidateSet, context: PickContext) -> Instance:
     cumulative: list[float] | None = candidates.derived.get("cumulative_weights")
     if cumulative is None:
-        cumulative = list(itertools.accumulate(instance.weight for instance in candidates.instances))
+        cumulative = list(itertools.accumulate(instance.parsed.weight for instance in candidates.instances))
         candidates.derived["cumulative_weights"] = cumulative
     point = context.rng.random() * cumulative[-1]
     index = bisect.bisect_right(cumulative, point)
@@ -118,7 +118,7 @@ def pick_least_connections(candidates: CandidateSet, context: PickContext) -> In
 
 
 def pick_weighted_least_connections(candidates: CandidateSet, context: PickContext) -> Instance:
-    return _lowest(candidates, lambda instance: (instance.inflight + 1) / instance.weight)
+    return _lowest(candidates, lambda instance: (instance.inflight + 1) / instance.parsed.weight)
 
 
 def pick_least_response_time(candidates: CandidateSet, context: PickContext) -> Instance:

@@ -222,13 +222,11 @@ def live_registry() -> Registry:
 async def start_checker(live_registry: Registry) -> AsyncIterator[Callable[..., HealthChecker]]:
     """
     A factory of started health checkers on ``live_registry``; all are stopped at teardown.
-
-    They rescan every 0.2 s, so that re-registrations show quickly.
     """
     started: list[HealthChecker] = []
 
     def start(**options: Any) -> HealthChecker:
-        health_checker = HealthChecker(registry=live_registry, rescan_interval=0.2, **options)
+        health_checker = HealthChecker(registry=live_registry, **options)
         health_checker.start()
         started.append(health_checker)
         return health_checker

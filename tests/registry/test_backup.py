@@ -187,7 +187,7 @@ async def test_a_snapshot_may_exceed_the_request_limit_but_not_the_restore_limit
 
 def test_restored_instances_start_a_fresh_lease(registry: Registry, clock: FakeClock) -> None:
     registration = parse_registration({"serviceName": "orders", "host": "10.0.0.5", "port": 80, "ttl": 10})
-    instance = registry.register(registration).instance
+    instance = registry.register(registration)
     part = RegistrySnapshotPart(registry, max_metadata_bytes=1024)
     saved = part.export()
     clock.advance(8)

@@ -22,7 +22,7 @@ Client = TestClient[Any, Any]
 def add(registry: Registry, port: int, service: str = "orders") -> Instance:
     # A long lease: these tests move the clock past several breaker periods without heartbeats.
     body = {"serviceName": service, "host": "10.0.0.1", "port": port, "ttl": 3600}
-    return registry.register(parse_registration(body)).instance
+    return registry.register(parse_registration(body))
 
 
 def fail(registry: Registry, instance: Instance, times: int) -> None:

@@ -36,7 +36,7 @@ def register(
     """Register through the same validation as every transport."""
     metadata = {} if health_check is None else {"healthCheck": health_check}
     body = {"serviceName": service, "host": LOOPBACK, "port": port, "metadata": metadata}
-    return registry.register(parse_registration(body)).instance
+    return registry.register(parse_registration(body))
 
 
 def health_events(registry: Registry) -> list[tuple[str, str, str]]:
@@ -298,6 +298,30 @@ async def test_checks_added_or_removed_by_registering_again_take_effect(
         ("service_unhealthy", instance.node_id, "health_check"),
         ("service_healthy", instance.node_id, "health_check_removed"),
     ]
+
+
+async def test_instances_registered_before_the_checker_started_are_probed(
+    live_registry: Registry, start_checker: Callable[..., HealthChecker], http_target: HttpTarget
+) -> None:
+    instance = register(live_registry, port=http_target.port, health_check={"url": "/early", **FAST})
+    http_target.status = 500
+
+    checker = start_checker()
+    await wait_until(lambda: not instance.healthy, what="the instance registered first is probed and fails")
+
+    assert http_target.hits["/early"] >= 2
+    assert checker.target_count == 1
+
+
+async def test_a_stopped_checker_takes_no_new_targets(
+    live_registry: Registry, start_checker: Callable[..., HealthChecker], http_target: HttpTarget
+) -> None:
+    checker = start_checker()
+    await checker.stop()
+
+    register(live_registry, port=http_target.port, health_check={"url": "/late", **FAST})
+
+    assert checker.target_count == 0
 
 
 async def test_a_deregistered_instance_is_no_longer_probed(

@@ -13,7 +13,7 @@ import aiomqtt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from maxine_registry.events import EventBus
+from maxine_registry.events import Event, EventBus
 from maxine_registry.mqtt import MqttPublisher, backoff_delay
 from maxine_registry.settings import Settings, SettingsError, load_settings, parse_broker_url
 from tests.conftest import MosquittoBroker
@@ -144,7 +144,7 @@ async def test_the_queue_keeps_the_newest_events_and_counts_the_dropped_ones(mos
     )
     # Not started yet: events wait in the queue as they would while the broker is away.
     for index in range(5):
-        publisher.enqueue(events.publish("service_registered", {"serviceName": f"service-{index}"}))
+        publisher.enqueue(Event(index + 1, "service_registered", {"serviceName": f"service-{index}"}, 0))
 
     async with subscribed(mosquitto) as subscriber:
         publisher.start()

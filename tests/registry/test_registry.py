@@ -35,21 +35,20 @@ def event_names(registry: Registry) -> list[str]:
 
 
 def test_registering_answers_the_node_id_and_publishes_one_event(registry: Registry) -> None:
-    result = registry.register(registration())
+    instance = registry.register(registration())
 
-    assert result.created
-    assert result.instance.node_id == "orders:10.0.0.1:80"
+    assert instance.node_id == "orders:10.0.0.1:80"
+    assert registry.get_instance("orders:10.0.0.1:80") is instance
     assert event_names(registry) == ["service_registered"]
 
 
 def test_registering_again_refreshes_the_same_instance(registry: Registry, clock: FakeClock) -> None:
-    first = registry.register(registration(ttl=10)).instance
+    first = registry.register(registration(ttl=10))
     clock.advance(8)
 
     again = registry.register(registration(ttl=10, metadata={"version": "2"}))
 
-    assert not again.created
-    assert again.instance is first
+    assert again is first
     assert first.version == "2"
     assert first.expires_at == clock.now + 10
     assert registry.node_count == 1
@@ -149,7 +148,7 @@ def test_expiry_is_precise_for_many_instances(clock: FakeClock) -> None:
     deadlines: dict[str, float] = {}
     for index in range(5000):
         ttl = rng.uniform(1, 30)
-        node_id = registry.register(registration(service=f"s{index % 50}", port=index + 1, ttl=ttl)).instance.node_id
+        node_id = registry.register(registration(service=f"s{index % 50}", port=index + 1, ttl=ttl)).node_id
         ttls[node_id] = ttl
         deadlines[node_id] = clock.now + ttl
 
@@ -253,8 +252,8 @@ def test_a_short_node_id_finds_its_instance_among_many_on_one_host(registry: Reg
 
 def test_instances_with_identical_metadata_each_keep_what_they_declared(registry: Registry) -> None:
     metadata = {"version": "2.1", "tags": ["eu", "web"], "weight": 3, "owner": "team-a"}
-    first = registry.register(registration(port=80, metadata=metadata)).instance
-    second = registry.register(registration(port=81, metadata=dict(metadata))).instance
+    first = registry.register(registration(port=80, metadata=metadata))
+    second = registry.register(registration(port=81, metadata=dict(metadata)))
     registry.register(registration(port=80, metadata={**metadata, "version": "2.2"}))
 
     assert (first.version, second.version) == ("2.2", "2.1")

@@ -17,7 +17,7 @@ from tests.registry.conftest import FakeClock
 
 def add(registry: Registry, port: int, **metadata: object) -> Instance:
     body = {"serviceName": "orders", "host": "10.0.0.1", "port": port, "metadata": metadata}
-    return registry.register(parse_registration(body)).instance
+    return registry.register(parse_registration(body))
 
 
 def pick(registry: Registry, strategy: str, **context: object) -> Instance:

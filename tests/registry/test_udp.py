@@ -28,7 +28,7 @@ BURST_WINDOW = 250
 
 def register(registry: Registry, service_name: str, host: str, *, ttl: float = 10.0) -> str:
     body = {"serviceName": service_name, "host": host, "port": 80, "ttl": ttl}
-    return registry.register(parse_registration(body)).instance.node_id
+    return registry.register(parse_registration(body)).node_id
 
 
 def signed(node_id: str, timestamp_ms: int, *, key: bytes = KEY, magic: bytes = b"HB1") -> bytes:

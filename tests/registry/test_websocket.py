@@ -509,7 +509,7 @@ async def test_heartbeat_events_come_at_most_once_per_node_per_interval(clock: F
     registration = parse_registration(
         {"serviceName": "orders", "host": "10.0.0.1", "port": 8080}, max_metadata_bytes=1024
     )
-    node_id = registry.register(registration).instance.node_id
+    node_id = registry.register(registration).node_id
 
     for _ in range(10):  # ten heartbeats within one second
         registry.heartbeat(node_id)

@@ -134,9 +134,9 @@ def parse_mesh_settings(value: object) -> MeshSettings:
 def validate_mesh_metadata(registration: Registration) -> None:
     """A registration guard: refuse an instance whose ``metadata.mesh`` is malformed."""
     # Most registrations carry no mesh settings; skip the parse for them.
-    if b'"mesh"' not in registration.metadata_json:
+    if MESH_METADATA_KEY not in registration.metadata.keys:
         return
-    metadata = orjson.loads(registration.metadata_json)
+    metadata = orjson.loads(registration.metadata.metadata_json)
     if isinstance(metadata, dict):
         parse_mesh_settings(metadata.get(MESH_METADATA_KEY))
 
