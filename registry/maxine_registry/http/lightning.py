@@ -161,17 +161,29 @@ def render_closing(status: int, body: bytes) -> bytes:
     return _head(status, len(body), keep_alive=False) + body
 
 
-# Response heads of keep-alive answers by status and body length: answers repeat their sizes.
+# Response heads of keep-alive answers by body length (200) or by status and length (the rest):
+# answers repeat their sizes. Most answers are 200s, and an int key spares building and hashing a
+# tuple on each of them.
+_OK_HEADS: dict[int, bytes] = {}
 _HEADS: dict[tuple[int, int], bytes] = {}
 MAX_CACHED_HEADS = 4096
 
 
 def render_kept(status: int, body: bytes) -> bytes:
     """An answer on a connection that stays open, with the head built once per status and size."""
-    key = (status, len(body))
+    length = len(body)
+    if status == 200:
+        head = _OK_HEADS.get(length)
+        if head is None:
+            head = _head(200, length, keep_alive=True)
+            if len(_OK_HEADS) < MAX_CACHED_HEADS:
+                _OK_HEADS[length] = head
+        return head + body
+
+    key = (status, length)
     head = _HEADS.get(key)
     if head is None:
-        head = _head(status, len(body), keep_alive=True)
+        head = _head(status, length, keep_alive=True)
         if len(_HEADS) < MAX_CACHED_HEADS:
             _HEADS[key] = head
     return head + body
