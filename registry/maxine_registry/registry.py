@@ -282,7 +282,7 @@ class Registry:
         if listeners:
             for listener in listeners:
                 listener(instance)
-        self.events.publish(ev.SERVICE_REGISTERED, {"serviceName": service_name, "nodeId": node_id})
+        self.events.publish_instance(ev.SERVICE_REGISTERED, service_name, node_id)
         return instance
 
     def heartbeat(self, node_ref: object) -> Instance:
@@ -295,7 +295,7 @@ class Registry:
     def deregister(self, node_ref: object) -> Instance:
         instance = self.resolve(node_ref)
         self._remove(instance)
-        self.events.publish(ev.SERVICE_DEREGISTERED, {"serviceName": instance.service_name, "nodeId": instance.node_id})
+        self.events.publish_instance(ev.SERVICE_DEREGISTERED, instance.service_name, instance.node_id)
         return instance
 
     def set_health(self, instance: Instance, *, healthy: bool, reason: str) -> bool:
@@ -763,9 +763,7 @@ class Registry:
             last = self._heartbeat_announced.get(instance.node_id)
             if last is None or now - last >= self.heartbeat_event_interval:
                 self._heartbeat_announced[instance.node_id] = now
-                self.events.publish(
-                    ev.SERVICE_HEARTBEAT, {"serviceName": instance.service_name, "nodeId": instance.node_id}
-                )
+                self.events.publish_instance(ev.SERVICE_HEARTBEAT, instance.service_name, instance.node_id)
         listeners = self.heartbeat_listeners
         if listeners:  # most registries have none, and looping over an empty list still builds an iterator
             for listener in listeners:
