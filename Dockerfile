@@ -32,7 +32,9 @@ LABEL org.opencontainers.image.title="maxine" \
       org.opencontainers.image.description="Maxine service registry, operator and sidecar" \
       org.opencontainers.image.licenses="MIT"
 
+# A container is reached through its own interface, not loopback: the image listens on every address.
 ENV PATH=/opt/maxine/bin:$PATH \
+    MAXINE_HOST=0.0.0.0 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 

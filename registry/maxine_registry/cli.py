@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from maxine_registry.logs import configure_logging
-from maxine_registry.server import serve
+from maxine_registry.server import CannotListen, serve
 from maxine_registry.settings import SettingsError, load_settings
 
 
@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     _install_uvloop()
     try:
         asyncio.run(serve(settings))
+    except CannotListen as exc:
+        print(f"maxine: cannot listen on {exc.where}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except OSError as exc:
         print(f"maxine: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(1) from None

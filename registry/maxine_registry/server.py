@@ -46,6 +46,14 @@ FREEZE_MIN_NODES = 10_000
 FREEZE_STEP = 10_000
 
 
+class CannotListen(OSError):
+    """A listener other than the HTTP one could not bind; ``where`` says which, for the command's message."""
+
+    def __init__(self, where: str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.where = where
+
+
 class MaxineServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -146,7 +154,12 @@ class MaxineServer:
         assert self.port is not None
         self.udp = udp_heartbeat_server(self.operations, http_port=self.port)
         if self.udp is not None:
-            await self.udp.start()
+            try:
+                await self.udp.start()
+            except OSError as exc:
+                # Named, so that the operator is not sent looking for what holds the HTTP port.
+                where = f"UDP {format_address(self.udp.host, self.udp.requested_port)}"
+                raise CannotListen(where, exc) from None
 
     async def _stop_transports(self) -> None:
         if self.udp is not None:

@@ -35,7 +35,9 @@ def setting(default: Any, *, env: str, help: str, choices: Sequence[str] | None 
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = setting(
-        "0.0.0.0", env="MAXINE_HOST", help="Address to listen on ('::' for every IPv6 and IPv4 address)."
+        "127.0.0.1",
+        env="MAXINE_HOST",
+        help="Address to listen on: loopback unless told otherwise; 0.0.0.0 (or '::') serves other machines.",
     )
     port: int = setting(8080, env="PORT", help="HTTP port.")
     heartbeat_timeout: float = setting(

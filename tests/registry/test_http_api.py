@@ -223,6 +223,16 @@ async def test_unknown_routes_and_wrong_methods_answer_json(api: Client) -> None
     assert "POST" in wrong.headers["Allow"]
 
 
+@pytest.mark.parametrize("path", ["/health", "/servers", "/metrics", "/events", "/versions?serviceName=orders"])
+async def test_head_is_answered_wherever_get_is(api: Client, path: str) -> None:
+    got = await api.get(path)
+    head = await api.head(path)
+
+    assert head.status == got.status == 200
+    assert head.headers["Content-Type"] == got.headers["Content-Type"]
+    assert await head.read() == b""
+
+
 async def test_the_server_keeps_answering_after_bad_input(api: Client) -> None:
     for body in BAD_REGISTRATIONS:
         await api.post("/register", json=body[0])

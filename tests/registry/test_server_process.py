@@ -54,6 +54,17 @@ def test_a_port_in_use_is_reported_and_exits_non_zero() -> None:
     assert f"cannot listen on {LOOPBACK}:{port}" in result.stderr
 
 
+def test_a_udp_port_in_use_is_reported_as_udp() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((LOOPBACK, 0))
+        udp_port = taken.getsockname()[1]
+
+        result = run_maxine("--host", LOOPBACK, "--port", "0", "--udp-port", str(udp_port))
+
+    assert result.returncode == 1
+    assert f"cannot listen on UDP {LOOPBACK}:{udp_port}" in result.stderr
+
+
 def test_the_start_log_line_says_where_it_listens_with_which_settings(maxine_process: MaxineProcessFactory) -> None:
     server = maxine_process(args=["--log-level", "info", "--log-format", "json", "--heartbeat-timeout", "7"])
 

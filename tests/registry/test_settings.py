@@ -15,7 +15,7 @@ def test_defaults_need_no_configuration() -> None:
     settings = load_settings([], environ={})
 
     assert settings == Settings()
-    assert (settings.host, settings.port, settings.heartbeat_timeout) == ("0.0.0.0", 8080, 30.0)
+    assert (settings.host, settings.port, settings.heartbeat_timeout) == ("127.0.0.1", 8080, 30.0)
 
 
 def test_environment_variables_set_values() -> None:

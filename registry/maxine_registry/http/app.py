@@ -263,4 +263,15 @@ def create_app(operations: Operations) -> web.Application:
         app.router.add_route(method, SERVICEOPS_PREFIX + path, handler)
     for method, path, handler in ROOT_ROUTES:
         app.router.add_route(method, path, handler)
+    _answer_head_like_get(app)
     return app
+
+
+def _answer_head_like_get(app: web.Application) -> None:
+    """Answer HEAD wherever GET is served, as HTTP expects: aiohttp sends the head of the GET answer."""
+    for resource in app.router.resources():
+        if not isinstance(resource, web.Resource):  # static folders and sub-apps answer HEAD their own way
+            continue
+        methods = {route.method: route for route in resource}
+        if "GET" in methods and "HEAD" not in methods and "*" not in methods:
+            resource.add_route("HEAD", methods["GET"].handler)
