@@ -123,10 +123,15 @@ class EventBus:
     def published(self) -> int:
         return self._seq
 
-    def history(self, *, since: int = 0, limit: int = 100) -> list[Event]:
-        """Events with a timestamp after ``since`` (milliseconds), oldest first, at most ``limit`` of them."""
+    def history(self, *, since: int | None = None, limit: int = 100) -> list[Event]:
+        """
+        At most ``limit`` events, oldest first: the first ones after ``since`` (milliseconds), or the latest.
+        """
         records = list(self._history)
-        start = bisect.bisect_right(records, since, key=lambda record: record[3])
+        if since is None:
+            start = max(len(records) - limit, 0)
+        else:
+            start = bisect.bisect_right(records, since, key=lambda record: record[3])
         return [
             Event(seq=seq, event=event, data=_data(data), timestamp=timestamp)
             for seq, event, data, timestamp in records[start : start + limit]

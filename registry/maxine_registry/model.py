@@ -162,17 +162,17 @@ def normalize_host(value: object) -> str:
     return name
 
 
-def validate_port(value: object) -> int:
+def validate_port(value: object, *, field: str = "port") -> int:
     # The usual case first; ``type`` rather than ``isinstance`` because a bool is an int in Python.
     if type(value) is int and 1 <= value <= 65535:
         return value
     # bool is an int in Python; `true` is not a port.
     if isinstance(value, bool):
-        raise InvalidInput(f"port must be an integer from 1 to 65535, got {value!r}.")
+        raise InvalidInput(f"{field} must be an integer from 1 to 65535, got {value!r}.")
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if not isinstance(value, int) or not 1 <= value <= 65535:
-        raise InvalidInput(f"port must be an integer from 1 to 65535, got {value!r}.")
+        raise InvalidInput(f"{field} must be an integer from 1 to 65535, got {value!r}.")
     return value
 
 

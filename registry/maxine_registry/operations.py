@@ -144,7 +144,7 @@ def _object(body: object, fields: str) -> dict[str, Any]:
 def _version(value: object, field_name: str) -> str:
     if value is None:
         raise InvalidInput(f"{field_name} is required.")
-    version = parse_version(value)
+    version = parse_version(value, field=field_name)
     assert version is not None
     return version
 
@@ -457,7 +457,8 @@ class Operations:
         )
 
     def events(self, query: Mapping[str, str]) -> Reply:
-        since = _int_param(query, "since", default=0, low=0, high=2**53)
+        # Without ``since``, the latest events; with it, the ones after it (a client paging forward).
+        since = _int_param(query, "since", default=0, low=0, high=2**53) if "since" in query else None
         limit = _int_param(query, "limit", default=100, low=1, high=MAX_EVENTS_LIMIT)
         history = self.registry.events.history(since=since, limit=limit)
         return ok({"events": [event.as_dict() for event in history], "count": len(history)})

@@ -95,14 +95,14 @@ _shared_ports: dict[int, int] = {}
 _shared_key_sets: dict[frozenset[str], frozenset[str]] = {}
 
 
-def parse_version(value: object) -> str | None:
+def parse_version(value: object, *, field: str = "metadata.version") -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidInput(f"metadata.version must be a string, got {value!r}.")
+        raise InvalidInput(f"{field} must be a string, got {value!r}.")
     version = str(value)
     if not version or len(version) > MAX_VERSION_LENGTH or not version.isprintable() or " " in version:
-        raise InvalidInput(f"metadata.version must be 1 to {MAX_VERSION_LENGTH} printable characters without spaces.")
+        raise InvalidInput(f"{field} must be 1 to {MAX_VERSION_LENGTH} printable characters without spaces.")
     return sys.intern(version)
 
 

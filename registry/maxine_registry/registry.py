@@ -726,10 +726,18 @@ class Registry:
         return None
 
     def _explain_empty(self, service: Service, *, version: str | None, tags: frozenset[str]) -> None:
-        if any(
-            (version is None or (instance.version or DEFAULT_VERSION) == version) and tags <= instance.tags
+        matching = [
+            instance
             for instance in service.instances.values()
-        ):
+            if (version is None or (instance.version or DEFAULT_VERSION) == version) and tags <= instance.tags
+        ]
+        if matching and all((instance.version or DEFAULT_VERSION) in service.retired for instance in matching):
+            raise NoInstance(
+                f"Every matching instance of {service.name!r} runs a retired version "
+                f"({', '.join(sorted(service.retired))}).",
+                code="version_retired",
+            )
+        if matching:
             raise Unavailable(
                 f"Service {service.name!r} has matching instances, but none is healthy.", code="no_healthy_instance"
             )

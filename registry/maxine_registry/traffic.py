@@ -33,7 +33,7 @@ def parse_distribution(value: object) -> dict[str, float]:
 
     split: dict[str, float] = {}
     for version, percent in value.items():
-        name = parse_version(version)
+        name = parse_version(version, field="each version of distribution")
         if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not math.isfinite(percent):
             raise InvalidInput(f"distribution[{version!r}] must be a number, got {percent!r}.")
         if not 0 <= percent <= 100:
@@ -84,6 +84,15 @@ class TrafficPolicy:
         if not self.distribution:
             # No split yet: all traffic is the source version's to give.
             self.distribution = {from_version: 100.0}
+        if from_version not in self.distribution and to_version not in self.distribution:
+            # Neither end is part of the split: most likely a typo, which a silent "0 moved" would
+            # hide. A source already drained into the target still answers 0, so that a rollout
+            # may repeat its step until nothing moves.
+            held = ", ".join(sorted(self.distribution))
+            raise InvalidInput(
+                f"Neither {from_version!r} nor {to_version!r} is part of the split; it holds {held}.",
+                code="version_not_in_split",
+            )
         available = self.distribution.get(from_version, 0.0)
         moved = min(available, percentage)
         if moved <= 0:

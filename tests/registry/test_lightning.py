@@ -396,6 +396,9 @@ async def test_malformed_requests_for_aiohttp_routes_also_get_json(front: Front,
     assert status == 400
     assert headers["content-type"].startswith("application/json")
     assert body["code"] == "bad_request"
+    # One line that says what is wrong, without the offending bytes quoted back.
+    assert "\n" not in body["error"]
+    assert "zz" not in body["error"] and "Bad Header Line" not in body["error"]
 
 
 async def test_headers_too_large_for_aiohttp_get_431_without_an_echo(front: Front) -> None:

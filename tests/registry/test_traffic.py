@@ -79,6 +79,18 @@ def test_retire_removes_a_version_from_discovery(registry: Registry) -> None:
     assert retired.value.code == "version_retired"
 
 
+def test_when_every_version_is_retired_discovery_says_so(registry: Registry) -> None:
+    deploy(registry, {"1.0": 1, "2.0": 1})
+    registry.retire("shop", "1.0")
+    registry.retire("shop", "2.0")
+
+    with pytest.raises(NoInstance) as nothing_left:
+        registry.discover("shop", strategy=ROUND_ROBIN)
+
+    assert nothing_left.value.code == "version_retired"
+    assert "1.0, 2.0" in nothing_left.value.message
+
+
 def test_a_retired_version_stays_retired_for_instances_registered_later(registry: Registry) -> None:
     deploy(registry, {"2.0": 1})
     registry.retire("shop", "1.0")
@@ -105,6 +117,18 @@ def test_shift_moves_traffic_step_by_step(registry: Registry) -> None:
 
     assert steps == [25, 25, 25, 25, 0]
     assert policy is not None and policy.distribution == {"2.0": 100}
+
+
+def test_a_shift_between_versions_outside_the_split_is_refused(registry: Registry) -> None:
+    deploy(registry, {"1.0": 1, "2.0": 1})
+    registry.set_traffic("shop", {"1.0": 100})
+
+    with pytest.raises(InvalidInput) as refused:
+        registry.shift_traffic("shop", from_version="1.O", to_version="2.O", percentage=10)
+
+    policy = registry.traffic("shop")
+    assert refused.value.code == "version_not_in_split"
+    assert policy is not None and policy.distribution == {"1.0": 100}
 
 
 def test_a_split_whose_versions_cannot_serve_falls_back_to_the_rest(registry: Registry) -> None:

@@ -211,7 +211,11 @@ class JsonErrorRequestHandler(RequestHandler):
             # The same refusal as the lean path's, and without aiohttp's echo of the header (a token, say).
             error = MaxineError(HEADERS_TOO_LARGE, code="headers_too_large", status=431)
         else:
-            detail = str(exc or message or HTTPStatus(status).phrase)
+            # The first line of aiohttp's own message: the lines after it quote the offending bytes
+            # back, which may be part of a secret.
+            text = str(getattr(exc, "message", None) or exc or message or HTTPStatus(status).phrase)
+            detail = next((line.strip() for line in text.splitlines() if line.strip()), "").rstrip(":")
+            detail = detail or HTTPStatus(status).phrase
             error = MaxineError(
                 f"The request is malformed: {detail[:MAX_ERROR_DETAIL]}.", code="bad_request", status=status
             )

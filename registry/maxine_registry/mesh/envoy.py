@@ -138,8 +138,8 @@ def parse_options(query: Mapping[str, object]) -> EnvoyOptions:
     listener_port, admin_port, refresh = (query.get(key) for key in ("listenerPort", "adminPort", "refreshMs"))
     return EnvoyOptions(
         listener_address=parse_ip(address, field="listenerAddress") if address else defaults.listener_address,
-        listener_port=validate_port(listener_port) if listener_port else defaults.listener_port,
-        admin_port=validate_port(admin_port) if admin_port else defaults.admin_port,
+        listener_port=validate_port(listener_port, field="listenerPort") if listener_port else defaults.listener_port,
+        admin_port=validate_port(admin_port, field="adminPort") if admin_port else defaults.admin_port,
         refresh_ms=parse_refresh_ms(refresh) if refresh else defaults.refresh_ms,
     )
 
