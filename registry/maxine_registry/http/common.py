@@ -57,6 +57,9 @@ async def read_json(request: web.Request) -> object:
     try:
         raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
     except TimeoutError:
+        # TODO: LATER: the 408 leaves at once, but aiohttp then lingers up to 10 s reading what more
+        # comes before it closes. Lingering protects early answers to clients still sending; a
+        # per-answer switch would need aiohttp's protocol internals.
         raise MaxineError(
             f"The request body did not arrive within {BODY_TIMEOUT:g} s.", code="request_timeout", status=408
         ) from None

@@ -219,6 +219,8 @@ class JsonErrorRequestHandler(RequestHandler):
             error = MaxineError(
                 f"The request is malformed: {detail[:MAX_ERROR_DETAIL]}.", code="bad_request", status=status
             )
+        # TODO: LATER: the status line says HTTP/1.0: aiohttp answers with the version of the stand-in
+        # request it makes for a head it could not parse, and offers no way to set it here.
         response = web.Response(status=error.status, body=error_body(error), content_type="application/json")
         response.force_close()
         return response
