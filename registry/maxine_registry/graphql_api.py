@@ -246,7 +246,7 @@ def _metadata(text: str | None) -> dict[str, Any]:
 
 def _named(instance: Instance, node_name: str) -> bool:
     # Most metadata never mentions a node name; skip parsing it then.
-    return b'"nodeName"' in instance.metadata_json and instance.metadata.get("nodeName") == node_name
+    return "nodeName" in instance.parsed.keys and instance.metadata.get("nodeName") == node_name
 
 
 class GraphQLApi:

@@ -22,8 +22,9 @@ not probe in lockstep.
 Targets are learned from the registry itself: it tells its instance listeners of every instance that is
 new or whose metadata changed (a re-registration may add, change or remove ``healthCheck``), and its
 removal listeners of every instance that is gone. One scan when the checker starts picks up what was
-registered before. A listener only looks for the ``healthCheck`` bytes in the metadata, so the instances
-that ask for no check, nearly all of them, cost a registration almost nothing. A target whose instance
+registered before. A listener only asks whether ``healthCheck`` is among the metadata's keys (known once per
+distinct document), so the instances that ask for no check, nearly all of them, cost a registration almost
+nothing. A target whose instance
 was replaced is also dropped when it comes due and the registry no longer holds that very instance.
 """
 

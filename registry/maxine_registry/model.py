@@ -272,7 +272,7 @@ class ParsedMetadata:
     version: str | None
     tags: frozenset[str]
     weight: float
-    keys: frozenset[str] = frozenset()
+    keys: frozenset[str]
 
 
 class Instance:

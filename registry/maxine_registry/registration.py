@@ -72,22 +72,6 @@ class Registration:
     ttl: float | None
     metadata: ParsedMetadata
 
-    @property
-    def metadata_json(self) -> bytes:
-        return self.metadata.metadata_json
-
-    @property
-    def version(self) -> str | None:
-        return self.metadata.version
-
-    @property
-    def tags(self) -> frozenset[str]:
-        return self.metadata.tags
-
-    @property
-    def weight(self) -> float:
-        return self.metadata.weight
-
 
 _shared_metadata: dict[bytes, ParsedMetadata] = {}
 _shared_ttls: dict[float, float] = {}
@@ -152,13 +136,10 @@ def parse_metadata(metadata: dict[str, Any], *, encoded: bytes) -> ParsedMetadat
     """
     Read version, tags and weight out of metadata whose JSON is ``encoded``, or refuse it.
 
-    The result is shared by every registration whose metadata encodes to the same bytes, so the
-    checks here run once per distinct document; ``encoded`` must already be within the size limit.
+    For metadata not in the shared table yet (``parse_registration`` looks there first): the
+    result is remembered for every registration whose metadata encodes to the same bytes, so the
+    checks here run once per distinct document. ``encoded`` must already be within the size limit.
     """
-    shared = _shared_metadata.get(encoded)
-    if shared is not None:
-        return shared
-
     parsed = ParsedMetadata(
         metadata_json=compact_bytes(encoded),
         version=parse_version(metadata.get("version")),
@@ -228,7 +209,7 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
     if health_check is not None:
         HealthCheckSpec.parse(health_check, host=host, port=port)
 
-    # ``parse_metadata``'s first step, here: identical metadata is the rule, and a call costs as much as the lookup.
+    # Identical metadata is the rule: one lookup, and the checks only for a document not seen before.
     parsed = _shared_metadata.get(encoded)
     if parsed is None:
         parsed = parse_metadata(metadata, encoded=encoded)

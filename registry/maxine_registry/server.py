@@ -19,6 +19,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -52,6 +53,14 @@ class CannotListen(OSError):
     def __init__(self, where: str, cause: OSError) -> None:
         super().__init__(cause.errno, cause.strerror or str(cause))
         self.where = where
+
+
+async def _listening(where: str, start: Awaitable[None]) -> None:
+    """Start a listener other than the HTTP one; a failed bind names it, not the HTTP port, in the error."""
+    try:
+        await start
+    except OSError as exc:
+        raise CannotListen(where, exc) from None
 
 
 class MaxineServer:
@@ -150,16 +159,11 @@ class MaxineServer:
                 watch_queue_size=settings.grpc_watch_queue_size,
                 shutdown_timeout=settings.shutdown_timeout,
             )
-            await self.grpc.start()
+            await _listening(f"gRPC {format_address(settings.host, settings.grpc_port)}", self.grpc.start())
         assert self.port is not None
         self.udp = udp_heartbeat_server(self.operations, http_port=self.port)
         if self.udp is not None:
-            try:
-                await self.udp.start()
-            except OSError as exc:
-                # Named, so that the operator is not sent looking for what holds the HTTP port.
-                where = f"UDP {format_address(self.udp.host, self.udp.requested_port)}"
-                raise CannotListen(where, exc) from None
+            await _listening(f"UDP {format_address(self.udp.host, self.udp.requested_port)}", self.udp.start())
 
     async def _stop_transports(self) -> None:
         if self.udp is not None:

@@ -150,11 +150,6 @@ def parse_datagram(data: bytes) -> Heartbeat:
     return Heartbeat(node_id, wants_reply, int(timestamp), signature, signed_part)
 
 
-def sign(key: bytes, signed_part: bytes) -> bytes:
-    """The signature field for ``signed_part`` (``HB1 <nodeId> <timestampMs>``): lowercase hex HMAC-SHA256."""
-    return hmac.new(key, signed_part, hashlib.sha256).hexdigest().encode("ascii")
-
-
 class HmacSha256:
     """
     HMAC-SHA256 under one fixed key, with the key's two padded blocks hashed once instead of per message.
@@ -162,7 +157,7 @@ class HmacSha256:
     ``hmac.new`` derives both pads from the key and hashes them again for every message, which is
     about as costly as the rest of a signed heartbeat together. HMAC (RFC 2104) is
     ``H((K ^ opad) || H((K ^ ipad) || message))``: the two prefixes never change, so their hash
-    states are computed here once and copied per message. ``sign`` above gives the same answers.
+    states are computed here once and copied per message; ``hmac.new`` gives the same answers.
     """
 
     def __init__(self, key: bytes) -> None:

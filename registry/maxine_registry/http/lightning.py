@@ -204,7 +204,6 @@ class JsonErrorRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if status >= 500:
             return super().handle_error(request, status, exc, message)
-        logger.debug("Refused a malformed request from %s: %s", request.remote, str(exc)[:200])
         if request.writer.output_size > 0:
             raise ConnectionError("The answer has begun; no error can be sent any more.")
         if isinstance(exc, LineTooLong):
@@ -215,10 +214,10 @@ class JsonErrorRequestHandler(RequestHandler):
             # back, which may be part of a secret.
             text = str(getattr(exc, "message", None) or exc or message or HTTPStatus(status).phrase)
             detail = next((line.strip() for line in text.splitlines() if line.strip()), "").rstrip(":")
-            detail = detail or HTTPStatus(status).phrase
-            error = MaxineError(
-                f"The request is malformed: {detail[:MAX_ERROR_DETAIL]}.", code="bad_request", status=status
-            )
+            detail = detail[:MAX_ERROR_DETAIL] or HTTPStatus(status).phrase
+            error = MaxineError(f"The request is malformed: {detail}.", code="bad_request", status=status)
+        # The log gets what the client gets, never the bytes it sent.
+        logger.debug("Refused a malformed request from %s: %s", request.remote, error.message)
         # TODO: LATER: the status line says HTTP/1.0: aiohttp answers with the version of the stand-in
         # request it makes for a head it could not parse, and offers no way to set it here.
         response = web.Response(status=error.status, body=error_body(error), content_type="application/json")
