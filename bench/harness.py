@@ -39,6 +39,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from maxine_registry.build_info import build_kind
+
 logger = logging.getLogger(__name__)
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -109,7 +111,11 @@ def source_revision() -> str:
     spec = importlib.util.find_spec("maxine_registry")
     if spec is None or spec.origin is None:
         return "maxine_registry is not importable"
-    package_root = Path(spec.origin).resolve().parent.parent
+    return f"{_source_location(spec.origin)}; hot modules {build_kind()}"
+
+
+def _source_location(origin: str) -> str:
+    package_root = Path(origin).resolve().parent.parent
     repo = BENCH_DIR.parent
     if not package_root.is_relative_to(repo):
         return f"maxine_registry from {package_root} (outside this repository)"

@@ -61,7 +61,8 @@ class CountingTransport:
 class NoFallback:
     """The lean path asks its fallback how many connections it holds; here there is none."""
 
-    connections: tuple[()] = ()
+    # A list, as aiohttp's own: the compiled lean path checks the type it was declared with.
+    connections: list[object] = []
 
 
 def request(method: str, path: str, body: bytes = b"") -> bytes:

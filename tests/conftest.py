@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+import maxine_registry
+from maxine_registry.build_info import build_kind, compiled_modules
 from maxine_registry.server import MaxineServer
 from maxine_registry.settings import Settings
 
@@ -47,6 +49,18 @@ HEALTH_POLL_INTERVAL = 0.05
 START_ATTEMPTS = 3
 
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def pytest_report_header() -> str:
+    return f"maxine: {build_kind()} hot modules, from {Path(maxine_registry.__file__).parent}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # .ci/run runs the suite a second time on the compiled wheel; a run that silently fell back to
+    # the source tree would test nothing new.
+    if os.environ.get("MAXINE_EXPECT_COMPILED") == "1" and build_kind() != "compiled":
+        modules = ", ".join(name for name, compiled in compiled_modules().items() if not compiled)
+        pytest.exit(f"MAXINE_EXPECT_COMPILED=1, but these run as plain Python: {modules}", returncode=4)
 
 
 def find_free_loopback_port() -> int:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from maxine_registry.build_info import build_kind
 from maxine_registry.events import EventBus
 from maxine_registry.health_checks import HealthChecker
 from maxine_registry.http import create_app
@@ -125,7 +126,11 @@ class MaxineServer:
         logger.info(
             "Maxine is listening on http://%s.",
             format_address(self.settings.host, self.port),
-            extra={"settings": self.settings.public(), "lightning": self.lightning.serve_hot_routes},
+            extra={
+                "settings": self.settings.public(),
+                "lightning": self.lightning.serve_hot_routes,
+                "build": build_kind(),
+            },
         )
 
     async def stop(self) -> None:
