@@ -21,8 +21,12 @@ HOT_MODULES = (
     "maxine_registry.leases",
     "maxine_registry.events",
     "maxine_registry.registry",
+    "maxine_registry.strategies",
+    "maxine_registry.traffic",
+    "maxine_registry.breakers",
     "maxine_registry.operations",
     "maxine_registry.http.lightning",
+    "maxine_registry.udp",
 )
 
 
