@@ -24,6 +24,9 @@ HOT_MODULES = (
     "maxine_registry.strategies",
     "maxine_registry.traffic",
     "maxine_registry.breakers",
+    # Registration guards: called on every registration, mostly to find nothing to do.
+    "maxine_registry.governance",
+    "maxine_registry.mesh.model",
     "maxine_registry.operations",
     "maxine_registry.http.lightning",
     "maxine_registry.udp",

@@ -114,6 +114,11 @@ def validate_service_name(value: object, *, field: str = "serviceName") -> str:
     return name
 
 
+# Looked up once: ``socket.AF_INET`` is an enum member, and each attribute costs a dict lookup.
+_inet_pton = socket.inet_pton
+_AF_INET = int(socket.AF_INET)
+
+
 def normalize_host(value: object) -> str:
     """
     Validate a host and return its canonical form.
@@ -127,7 +132,7 @@ def normalize_host(value: object) -> str:
     # ending in a letter cannot be one, and skips the attempt.
     if isinstance(value, str) and value[-1:].isdigit():
         try:
-            socket.inet_pton(socket.AF_INET, value)
+            _inet_pton(_AF_INET, value)
         except (OSError, ValueError):
             pass
         else:
