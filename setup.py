@@ -2,13 +2,15 @@
 The build step that pyproject.toml cannot say: the registry's hot modules compiled with mypyc.
 
 Every request on the lean HTTP path runs through the same few modules (framing, validation, the
-registry core, leases, events). Compiled to C by mypyc, from the same type-checked source, they
-cost about a third less CPU per request; the rest of the package stays plain Python.
+registry core, leases, events; ``build_info.HOT_MODULES`` lists them). Compiled to C by mypyc,
+from the same type-checked source, they cost a third or more less CPU per request; the rest of the
+package stays plain Python.
 
 A wheel (``pip install .``, the container image) is compiled; an editable install is not, so the
 source a developer edits is the code that runs. ``MAXINE_COMPILE=0`` builds a plain wheel, and
 ``MAXINE_COMPILE=1`` insists on compiling (the build fails rather than falling back). Without a C
-compiler the default build falls back to plain Python and says so: the same behaviour, slower.
+compiler the default build falls back to plain Python (pip shows why with ``-v``, and the server's
+start-up log names the build): the same behaviour, slower.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import contextlib
 import os
 import runpy
 import sys
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The hot modules' names, from the one list the running server also reports on.
-HOT_MODULES = runpy.run_path("registry/maxine_registry/build_info.py")["HOT_MODULES"]
+HOT_MODULES = runpy.run_path(str(Path(__file__).parent / "registry/maxine_registry/build_info.py"))["HOT_MODULES"]
 
 
 class FallbackBuildExt(build_ext):
@@ -54,6 +57,7 @@ def compiled_extensions() -> list[object]:
     # Only here: an editable or plain build needs no mypy.
     from mypyc.build import mypycify  # noqa: PLC0415
 
+    # Relative paths, as mypyc names the compiled modules after them.
     paths = ["registry/" + name.replace(".", "/") + ".py" for name in HOT_MODULES]
     return list(mypycify(paths, opt_level="3", group_name="maxine_registry"))
 
