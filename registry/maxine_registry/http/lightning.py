@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 from urllib.parse import parse_qsl
 
 import httptools
@@ -545,7 +545,3 @@ def _query(target: bytes) -> dict[str, str]:
     for name, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
         query.setdefault(name, value)
     return query
-
-
-def describe(server: LightningServer) -> dict[str, Any]:
-    return {"serveHotRoutes": server.serve_hot_routes, "openConnections": server.open_connections}
