@@ -60,18 +60,20 @@ class RegistryApi:
     def __init__(self, *, base_url: str, token: str | None, timeout: float) -> None:
         self.base_url = base_url
         self.client = AsyncMaxineClient(base_url, token=token, timeout=timeout, retries=CLIENT_RETRIES)
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"RegistryApi(base_url={self.base_url!r})"
 
     async def close(self) -> None:
+        self.closed = True
         await self.client.close()
 
     async def call(
         self, method: str, path: str, *, json: dict[str, Any] | None = None, params: dict[str, str] | None = None
     ) -> Any:
         try:
-            return await self.client.request(method, path, json=json, params=params)
+            return await self._request(method, path, json=json, params=params)
         except MaxineError as exc:
             raise classify(exc) from exc
 
@@ -80,13 +82,22 @@ class RegistryApi:
     ) -> bool:
         """A removal; False when the registry had nothing to remove (404), which counts as done."""
         try:
-            await self.client.request(method, path, json=json, params=params)
+            await self._request(method, path, json=json, params=params)
         except NotFound:
             logger.debug("Nothing to remove in the registry. method=%s path=%s params=%s", method, path, params)
             return False
         except MaxineError as exc:
             raise classify(exc) from exc
         return True
+
+    async def _request(
+        self, method: str, path: str, *, json: dict[str, Any] | None, params: dict[str, str] | None
+    ) -> Any:
+        # A handler kopf has not stopped yet may still write while the operator shuts down: that is
+        # "not now" like any other failure, not a traceback in the operator's last log lines.
+        if self.closed:
+            raise RegistryUnavailable("The operator is stopping; the write is left to its next start.", code="stopping")
+        return await self.client.request(method, path, json=json, params=params)
 
     async def health(self) -> dict[str, Any]:
         try:
