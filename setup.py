@@ -19,6 +19,7 @@ import contextlib
 import os
 import runpy
 import sys
+import tomllib
 from pathlib import Path
 
 from setuptools import setup
@@ -54,12 +55,37 @@ def compiled_extensions() -> list[object]:
     if choice == "0" or not builds or (choice == "auto" and editable):
         return []
 
-    # Only here: an editable or plain build needs no mypy.
-    from mypyc.build import mypycify  # noqa: PLC0415
-
     # Relative paths, as mypyc names the compiled modules after them.
     paths = ["registry/" + name.replace(".", "/") + ".py" for name in HOT_MODULES]
-    return list(mypycify(paths, opt_level="3", group_name="maxine_registry"))
+    try:
+        # Only here: an editable or plain build needs no mypy.
+        from mypyc.build import mypycify  # noqa: PLC0415
+
+        return list(mypycify(paths, opt_level="3", group_name="maxine_registry"))
+    except (SystemExit, Exception) as exc:  # mypyc ends with SystemExit when type checking fails
+        if choice == "1":
+            raise
+        print(f"maxine: mypyc could not compile the hot modules ({exc!r}); they stay plain Python.", file=sys.stderr)
+        return []
 
 
-setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": FallbackBuildExt})
+def runtime_dependencies() -> list[str]:
+    """
+    The project's own dependencies, for the build environment of a compiled wheel.
+
+    mypyc compiles from the types it sees, so it must see the libraries the code imports (aiohttp,
+    orjson, ...), and pip builds a wheel before it installs them. setuptools hands these to pip
+    as extra build requirements; an editable install asks for them too, though it compiles nothing.
+    """
+    if os.environ.get("MAXINE_COMPILE") == "0":
+        return []
+    with open(Path(__file__).parent / "pyproject.toml", "rb") as file:
+        dependencies: list[str] = tomllib.load(file)["project"]["dependencies"]
+    return dependencies
+
+
+setup(
+    ext_modules=compiled_extensions(),
+    cmdclass={"build_ext": FallbackBuildExt},
+    setup_requires=runtime_dependencies(),
+)

@@ -155,7 +155,11 @@ def normalize_host(value: object) -> str:
         try:
             return str(ipaddress.ip_address(host))
         except ValueError:
-            raise InvalidInput(f"host {value!r} is not a valid IPv6 address.") from None
+            # A colon is where a client that sent a URL or host:port ends up too: say what a host is.
+            raise InvalidInput(
+                f"host {value!r} is not a valid IPv6 address; a host is a name or an IP address,"
+                " without scheme or port (those go in port)."
+            ) from None
 
     name = host.lower().removesuffix(".")
     labels = name.split(".")

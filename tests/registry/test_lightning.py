@@ -482,3 +482,27 @@ def test_the_query_reads_as_aiohttp_reads_it(target: bytes) -> None:
         expected.setdefault(name, value)
 
     assert _query(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n", 200),
+        (
+            b"GET /discover?serviceName=orders HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            404,
+        ),
+    ],
+    ids=["unknown-protocol", "websocket-on-a-plain-route"],
+)
+async def test_an_upgrade_on_a_hot_route_is_answered_by_aiohttp(front: Front, raw: bytes, status: int) -> None:
+    # httptools stops at an upgrade with an exception of its own; the lean path hands the request over.
+    reader, writer = await front.connect()
+
+    writer.write(raw)
+    answer = await read_response(reader)
+    writer.close()
+
+    assert answer[0] == status
+    assert answer[1]["content-type"].startswith("application/json")

@@ -52,6 +52,13 @@ REGISTRATION = {
         "tags": ["web"],
         "weight": 1,
         "healthCheck": {"url": "/health", "interval": 3_600_000, "timeout": 5000, "rise": 2, "fall": 3},
+        "mesh": {
+            "timeoutMs": 2000,
+            "perTryTimeoutMs": 500,
+            "retries": 2,
+            "retryOn": ["5xx"],
+            "loadBalancing": "round-robin",
+        },
     },
 }
 

@@ -411,6 +411,11 @@ class LightningProtocol(asyncio.Protocol):
         self._message_complete = False
         try:
             parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            # A protocol switch (WebSocket, h2c) is aiohttp's to answer, like every other upgrade.
+            self._parser = None
+            self._hand_over(data[offset:])
+            return None
         except httptools.HttpParserError as exc:
             self._refuse(400, f"The request is malformed: {exc}.", code="bad_request")
             return None

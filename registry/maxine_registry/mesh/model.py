@@ -116,7 +116,8 @@ def parse_mesh_settings(value: object) -> MeshSettings:
         )
 
     load_balancing = value.get("loadBalancing", DEFAULT_STRATEGY)
-    if load_balancing not in STRATEGIES:
+    # The type first: a list or object cannot be looked up in the table of names.
+    if not isinstance(load_balancing, str) or load_balancing not in STRATEGIES:
         raise InvalidInput(
             f"metadata.mesh.loadBalancing must be one of {', '.join(STRATEGIES)}, got {load_balancing!r}."
         )
