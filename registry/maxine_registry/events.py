@@ -75,11 +75,7 @@ class EventBus:
         self.counts: dict[str, int] = {}
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
-        seq = self._seq = self._seq + 1
-        timestamp = int(self._wall() * 1000)
-        self._history.append((seq, event, data, timestamp))
-        counts = self.counts
-        counts[event] = counts.get(event, 0) + 1
+        seq, timestamp = self._record(event, data)
         if self._subscribers:  # the usual case is nobody watching: no Event object to build
             self._deliver(Event(seq, event, data, timestamp))
 
@@ -90,13 +86,18 @@ class EventBus:
         Registrations publish one each, so the ring keeps the two strings rather than a dict: one
         allocation fewer per registration, and one fewer to free when the ring drops it.
         """
-        seq = self._seq = self._seq + 1
-        timestamp = int(self._wall() * 1000)
-        self._history.append((seq, event, (service_name, node_id), timestamp))
-        counts = self.counts
-        counts[event] = counts.get(event, 0) + 1
+        seq, timestamp = self._record(event, (service_name, node_id))
         if self._subscribers:
             self._deliver(Event(seq, event, {"serviceName": service_name, "nodeId": node_id}, timestamp))
+
+    def _record(self, event: str, kept: dict[str, Any] | tuple[str, str]) -> tuple[int, int]:
+        """Number the event, keep it in the history ring and count it; its sequence number and timestamp."""
+        seq = self._seq = self._seq + 1
+        timestamp = int(self._wall() * 1000)
+        self._history.append((seq, event, kept, timestamp))
+        counts = self.counts
+        counts[event] = counts.get(event, 0) + 1
+        return seq, timestamp
 
     def _deliver(self, published: Event) -> None:
         for subscriber in self._subscribers:

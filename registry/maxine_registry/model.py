@@ -50,9 +50,6 @@ _IPV4_CHARACTERS = frozenset("0123456789.")
 # so clients inventing names (a discover of an unknown name checks it too) hold at most a few MiB.
 MAX_KNOWN_SERVICE_NAMES = 8192
 _known_service_names: dict[str, str] = {}
-# The interned name, if this exact name was validated before; else None. For hot callers that skip
-# ``validate_service_name``'s call when the name is known (only a str may be looked up).
-known_service_name = _known_service_names.get
 
 
 def _looks_like_ipv4(host: str) -> bool:

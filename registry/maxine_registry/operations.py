@@ -22,7 +22,7 @@ import orjson
 from maxine_registry import __version__
 from maxine_registry.auth_protocol import Authenticator
 from maxine_registry.errors import InvalidInput, MaxineError
-from maxine_registry.model import format_address, validate_service_name
+from maxine_registry.model import validate_service_name
 from maxine_registry.registration import Registration, parse_registration, parse_version
 from maxine_registry.registry import Registry, parse_tag_filter
 from maxine_registry.settings import Settings
@@ -230,8 +230,7 @@ class Operations:
         for guard in self.registration_guards:
             guard(registration)
         instance = self.registry.register(registration)
-        address = format_address(instance.host, instance.port)  # not ``instance.address``: a property costs more
-        return orjson.dumps({"nodeId": instance.node_id, "address": address, "ttl": instance.ttl})
+        return orjson.dumps({"nodeId": instance.node_id, "address": instance.address, "ttl": instance.ttl})
 
     def heartbeat(self, body: object, query: Mapping[str, str]) -> Reply:
         return Reply(200, self.heartbeat_body(body, query))

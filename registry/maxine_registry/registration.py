@@ -33,7 +33,6 @@ from maxine_registry.model import (
     ParsedMetadata,
     compact_bytes,
     intern_tags,
-    known_service_name,
     normalize_host,
     validate_port,
     validate_service_name,
@@ -169,16 +168,13 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
     if not isinstance(body, dict):
         raise InvalidInput("The registration must be a JSON object with serviceName, host and port.")
 
-    # A known name, port or lease length is settled by one lookup (only valid ones are remembered);
-    # anything else goes through its full check. ``type`` rather than ``isinstance``: a bool is an
-    # int in Python (True would find port 1), and a list cannot be looked up.
-    value = body.get("serviceName")
-    service_name = known_service_name(value) if type(value) is str else None
-    if service_name is None:
-        service_name = validate_service_name(value)
+    # A known name or lease length is settled by one lookup inside its check (only valid ones are
+    # remembered). Ports are looked up first here: the table also shares the int object.
+    service_name = validate_service_name(body.get("serviceName"))
     host = normalize_host(body.get("host"))
 
     # Instances on one port (8080 across a fleet) share one int object instead of holding a copy each.
+    # ``type`` rather than ``isinstance``: a bool is an int in Python (True would find port 1).
     value = body.get("port")
     port = _shared_ports.get(value) if type(value) is int else None
     if port is None:
@@ -186,10 +182,7 @@ def parse_registration(body: object, *, max_metadata_bytes: int = DEFAULT_MAX_ME
         if len(_shared_ports) >= MAX_SHARED_PORTS:
             _shared_ports.clear()
         _shared_ports[port] = port
-    value = body.get("ttl")
-    ttl = _shared_ttls.get(value) if type(value) is float or type(value) is int else None
-    if ttl is None and value is not None:
-        ttl = parse_ttl(value)
+    ttl = parse_ttl(body.get("ttl"))
 
     metadata: Any = body.get("metadata")
     if metadata is None:

@@ -244,8 +244,7 @@ class Registry:
         now = self.clock()
         ttl = registration.ttl if registration.ttl is not None else self.default_ttl
         service_name = registration.service_name
-        # ``make_node_id``, written out: this runs once per registration, and a call costs as much as the work.
-        node_id = f"{service_name}:{registration.host}:{registration.port}"
+        node_id = make_node_id(service_name, registration.host, registration.port)
         metadata = registration.metadata
         nodes = self._nodes
 
@@ -278,7 +277,7 @@ class Registry:
         if self._by_address is not None:
             self._index_address(instance, self._by_address)
         self._leases.add(instance)
-        service.revision = self._revision = self._revision + 1  # ``_touch``, written out
+        self._touch(service)
 
         listeners = self.instance_listeners
         if listeners:
